@@ -1,0 +1,38 @@
+"""D-PSGD (Lian et al., NeurIPS 2017): gossip averaging over a graph, every edge every step.
+
+    adapt-then-combine (atc, default):  y_i = x_i - gamma g_i;   x_i <- sum_j W_ij y_j
+    combine-then-adapt (cta, paper):    x_i <- sum_j W_ij x_j - gamma g_i(x_i)
+
+W is Metropolis-Hastings (default) or I - alpha L with alpha = 2 / (lambda_2 + lambda_n).
+"""
+from __future__ import annotations
+
+from distlib import STRATEGIES, Context, Strategy
+from distlib.errors import ConfigError
+from distlib.gossip import WeightCache, gossip
+from distlib.topology.mixing import WEIGHTS
+
+FORMS = ("atc", "cta")
+
+
+@STRATEGIES.register("dpsgd")
+class DPSGD(Strategy):
+    def __init__(self, form: str = "atc", weights: str = "metropolis") -> None:
+        if form not in FORMS:
+            raise ConfigError(f"algorithm.form: unknown {form!r}; allowed: {', '.join(FORMS)}")
+        if weights not in WEIGHTS:
+            raise ConfigError(f"algorithm.weights: unknown {weights!r}; allowed: {', '.join(WEIGHTS)}")
+        self.form = form
+        self.weights = WeightCache(weights)     # W per graph, computed once
+
+    def _mix(self, ctx: Context) -> None:
+        g = ctx.graph()
+        gossip(ctx.comm, ctx.worker.flat_params(), g, self.weights(g))
+
+    def after_backward(self, ctx: Context) -> None:
+        if self.form == "cta":      # gradient already taken at the old x_i; mix, then apply it
+            self._mix(ctx)
+
+    def after_step(self, ctx: Context) -> None:
+        if self.form == "atc":
+            self._mix(ctx)

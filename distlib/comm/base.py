@@ -1,0 +1,138 @@
+"""The Communicator interface: everything a worker may say to the others.
+
+Strategies are written from one worker's point of view against this interface, in plain
+blocking style, and run unchanged on the simulated backend (all workers in one process)
+and on torch.distributed (one worker per process).
+
+Every call counts the bytes this worker sends and receives. Traffic made only to measure
+the run (evaluation, consensus distance) goes inside ``with comm.uncounted():`` so it does
+not show in the byte counters or the virtual clock.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def ring_allreduce_bytes(t: torch.Tensor, world: int) -> int:
+    """Bytes one worker sends in a ring all-reduce (reduce-scatter + all-gather): 2 (n-1)/n P."""
+    return 2 * (world - 1) * nbytes(t) // world if world > 1 else 0
+
+
+@dataclass
+class Counters:
+    """Per-worker communication accounting (kept across checkpoints)."""
+
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    messages_sent: int = 0
+    clock: float = 0.0          # virtual seconds: compute plus modelled communication
+    comm_time: float = 0.0      # the part of ``clock`` spent waiting on communication
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class Handle(ABC):
+    """A pending non-blocking operation."""
+
+    @abstractmethod
+    def wait(self) -> torch.Tensor | None: ...
+
+    @abstractmethod
+    def is_completed(self) -> bool: ...
+
+
+class Communicator(ABC):
+    """One worker's view of the group."""
+
+    rank: int
+    world_size: int
+    counters: Counters
+
+    # -- collectives (every worker must call them, in the same order) ---------------------
+    @abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In place: ``tensor`` becomes the sum (``op="sum"``), mean, or max over workers."""
+
+    @abstractmethod
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """In place: every worker's ``tensor`` becomes ``src``'s."""
+
+    @abstractmethod
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every worker's ``tensor``, in rank order."""
+
+    @abstractmethod
+    def barrier(self) -> None: ...
+
+    # -- neighbour exchange -----------------------------------------------------------------
+    @abstractmethod
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Send ``tensor`` to every peer and receive each peer's tensor: {peer: tensor}.
+
+        Each peer must call ``exchange`` with this worker among its peers. Received tensors
+        are read-only snapshots owned by the communicator.
+        """
+
+    # -- point to point ---------------------------------------------------------------------
+    @abstractmethod
+    def send(self, tensor: torch.Tensor, dst: int) -> None: ...
+
+    @abstractmethod
+    def recv(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        """Blocking receive into ``tensor`` from ``src``."""
+
+    @abstractmethod
+    def isend(self, tensor: torch.Tensor, dst: int) -> Handle: ...
+
+    @abstractmethod
+    def irecv(self, tensor: torch.Tensor, src: int) -> Handle: ...
+
+    # -- time ------------------------------------------------------------------------------
+    #: relative compute speed of this worker (0.25 = four times slower than 1.0)
+    speed: float = 1.0
+    #: True: the backend measures compute time itself; False: the trainer calls add_compute
+    measure_compute: bool = True
+
+    def add_compute(self, seconds: float) -> None:
+        """Advance this worker's virtual clock by ``seconds`` of compute at speed 1."""
+        self.counters.clock += seconds / self.speed
+
+    def _flush(self) -> None:
+        """Backends that measure compute time add the time since the last call here."""
+
+    @property
+    def clock(self) -> float:
+        return self.counters.clock
+
+    # -- accounting ----------------------------------------------------------------------
+    _counting: bool = True
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Traffic inside this block is measurement, not training: not counted, no clock."""
+        self._flush()
+        prev, self._counting = self._counting, False
+        try:
+            yield
+        finally:
+            self._flush()   # discards the measurement time
+            self._counting = prev
+
+    def _count(self, sent: int, recv: int, messages: int = 1) -> None:
+        if self._counting:
+            self.counters.bytes_sent += sent
+            self.counters.bytes_recv += recv
+            self.counters.messages_sent += messages if sent else 0

@@ -1,0 +1,284 @@
+"""The simulated backend: n workers in one process, run cooperatively as greenlets.
+
+Every worker runs the same blocking code it would run as a real process. A communication
+call that cannot complete yet switches back to the hub, which resumes the runnable worker
+with the smallest (virtual clock, rank). Exactly one worker runs at a time and all results
+depend only on the order of messages on each channel, so a run is deterministic.
+
+Torch keeps some state per OS thread rather than per worker (the CPU RNG, grad mode); the
+hub swaps it at every switch so each worker sees only its own. Switches happen only inside
+communication calls, never inside autograd's backward pass.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import greenlet
+import torch
+
+from distlib.comm.base import Communicator, Counters, Handle, nbytes
+from distlib.errors import DeadlockError
+from distlib.network import NetworkModel
+
+
+@dataclass
+class _Message:
+    data: torch.Tensor
+    arrival: float      # virtual time at which it reaches the receiver
+
+
+@dataclass
+class _Collective:
+    kind: str
+    tensors: dict[int, torch.Tensor] = field(default_factory=dict)
+    extra: Any = None
+    result: Any = None
+    done: bool = False
+
+
+@dataclass
+class _Block:
+    what: str                       # for error messages, e.g. "exchange(peers=[1, 3])"
+    ready: Callable[[], bool]
+    waiting_for: Callable[[], list[int]]
+
+
+class SimWorld:
+    """Owns the workers' greenlets, the mailboxes and the collectives."""
+
+    def __init__(self, n: int, network: NetworkModel | None = None) -> None:
+        self.n = n
+        self.network = network or NetworkModel()
+        self.comms = [SimCommunicator(self, r) for r in range(n)]
+        self.mailbox: dict[tuple[int, int, Any], deque[_Message]] = {}
+        self.collectives: dict[int, _Collective] = {}
+        self._blocked: dict[int, _Block] = {}
+        self._done: set[int] = set()
+        self._hub: greenlet.greenlet | None = None
+        self._rng: list[torch.Tensor] = []
+        self._grad: list[bool] = []
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, fn: Callable[[int], Any]) -> list[Any]:
+        """Run ``fn(rank)`` for every rank to completion; return their results in rank order."""
+        self._hub = greenlet.getcurrent()
+        hub_rng, hub_grad = torch.get_rng_state(), torch.is_grad_enabled()
+        self._rng = [hub_rng.clone() for _ in range(self.n)]
+        self._grad = [hub_grad] * self.n
+        results: list[Any] = [None] * self.n
+        glets = [greenlet.greenlet(run=self._wrap(fn, r, results), parent=self._hub)
+                 for r in range(self.n)]
+        try:
+            while len(self._done) < self.n:
+                r = self._next_runnable()
+                if r is None:
+                    raise DeadlockError(self._deadlock_message())
+                self._blocked.pop(r, None)
+                torch.set_rng_state(self._rng[r])
+                torch.set_grad_enabled(self._grad[r])
+                self.comms[r]._seg = time.perf_counter()
+                glets[r].switch()
+                self._rng[r] = torch.get_rng_state()
+                self._grad[r] = torch.is_grad_enabled()
+        finally:
+            for g in glets:     # unwind workers left blocked (after an error elsewhere)
+                if not g.dead:
+                    g.throw(greenlet.GreenletExit)
+            torch.set_rng_state(hub_rng)
+            torch.set_grad_enabled(hub_grad)
+        return results
+
+    def _wrap(self, fn: Callable[[int], Any], rank: int, results: list[Any]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                results[rank] = fn(rank)
+                self.comms[rank]._flush()
+            except greenlet.GreenletExit:
+                raise
+            except BaseException as e:
+                e.add_note(f"(raised in simulated worker {rank})")
+                raise
+            finally:
+                self._done.add(rank)
+        return body
+
+    def _next_runnable(self) -> int | None:
+        best = None
+        for r in range(self.n):
+            if r in self._done:
+                continue
+            b = self._blocked.get(r)
+            if b is not None and not b.ready():
+                continue
+            key = (self.comms[r].counters.clock, r)
+            if best is None or key < best[0]:
+                best = (key, r)
+        return None if best is None else best[1]
+
+    def _deadlock_message(self) -> str:
+        parts = []
+        for r in sorted(self._blocked):
+            b = self._blocked[r]
+            waits = b.waiting_for()
+            dead = [w for w in waits if w in self._done]
+            s = f"worker {r} is blocked in {b.what} waiting for worker(s) {waits}"
+            if dead:
+                s += f" (already finished: {dead})"
+            parts.append(s)
+        return "communication can never complete: " + "; ".join(parts)
+
+    def block(self, rank: int, what: str, ready: Callable[[], bool],
+              waiting_for: Callable[[], list[int]]) -> None:
+        """Suspend ``rank`` until ``ready()``; returns at once if it already is."""
+        if ready():
+            return
+        self._blocked[rank] = _Block(what, ready, waiting_for)
+        assert self._hub is not None, "SimCommunicator used outside SimWorld.run"
+        self._hub.switch()
+
+    # -- channels --------------------------------------------------------------------------
+    def channel(self, src: int, dst: int, tag: Any) -> deque[_Message]:
+        return self.mailbox.setdefault((src, dst, tag), deque())
+
+
+class _SimHandle(Handle):
+    def __init__(self, wait: Callable[[], torch.Tensor | None], done: Callable[[], bool]) -> None:
+        self._wait, self._done = wait, done
+
+    def wait(self) -> torch.Tensor | None:
+        return self._wait()
+
+    def is_completed(self) -> bool:
+        return self._done()
+
+
+class SimCommunicator(Communicator):
+    """One simulated worker's communicator."""
+
+    def __init__(self, world: SimWorld, rank: int) -> None:
+        self.world = world
+        self.rank = rank
+        self.world_size = world.n
+        self.counters = Counters()
+        self._seq = 0   # index of this worker's next collective
+        self._seg = time.perf_counter()     # start of the current compute segment
+
+    def _flush(self) -> None:
+        """Charge the real time this worker ran since it was last resumed as compute."""
+        now = time.perf_counter()
+        if self.measure_compute and self._counting:
+            self.counters.clock += (now - self._seg) / self.speed
+        self._seg = now
+
+    # -- collectives -----------------------------------------------------------------------
+    def _collective(self, kind: str, tensor: torch.Tensor, combine: Callable[[_Collective], Any],
+                    cost: float, extra: Any = None) -> Any:
+        self._flush()
+        seq, self._seq = self._seq, self._seq + 1
+        coll = self.world.collectives.setdefault(seq, _Collective(kind, extra=extra))
+        if coll.kind != kind or coll.extra != extra:
+            raise DeadlockError(f"mismatched collectives at call #{seq}: worker {self.rank} called "
+                                f"{kind}({extra or ''}) but another worker called "
+                                f"{coll.kind}({coll.extra or ''})")
+        coll.tensors[self.rank] = tensor
+        if len(coll.tensors) == self.world.n:
+            coll.result = combine(coll)
+            coll.done = True
+            if self._counting:
+                t = max(c.counters.clock for c in self.world.comms) + cost
+                for c in self.world.comms:
+                    c.counters.comm_time += t - c.counters.clock
+                    c.counters.clock = t
+        self.world.block(self.rank, f"{kind}() (collective #{seq})", lambda: coll.done,
+                         lambda: [r for r in range(self.world.n) if r not in coll.tensors])
+        coll.tensors.pop(self.rank, None)
+        if not coll.tensors:
+            del self.world.collectives[seq]
+        return coll.result
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        def combine(c: _Collective) -> None:
+            stacked = torch.stack([c.tensors[r] for r in range(self.world.n)])
+            red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / self.world.n,
+                   "max": lambda s: s.max(0).values, "min": lambda s: s.min(0).values}[op](stacked)
+            for t in c.tensors.values():
+                t.copy_(red)
+        n = self.world.n
+        self._count(2 * (n - 1) * nbytes(tensor) // n if n > 1 else 0,
+                    2 * (n - 1) * nbytes(tensor) // n if n > 1 else 0)
+        self._collective("all_reduce", tensor, combine,
+                         self.world.network.all_reduce(nbytes(tensor), n), extra=op)
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        def combine(c: _Collective) -> None:
+            for r, t in c.tensors.items():
+                if r != src:
+                    t.copy_(c.tensors[src])
+        self._count(nbytes(tensor) * (self.world.n - 1) if self.rank == src else 0,
+                    0 if self.rank == src else nbytes(tensor))
+        self._collective("broadcast", tensor, combine,
+                         self.world.network.broadcast(nbytes(tensor), self.world.n), extra=src)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        n = self.world.n
+        self._count(nbytes(tensor) * (n - 1), nbytes(tensor) * (n - 1))
+        out = self._collective("all_gather", tensor.detach().clone(),
+                               lambda c: [c.tensors[r] for r in range(n)],
+                               self.world.network.all_gather(nbytes(tensor), n))
+        return [t.clone() for t in out]
+
+    def barrier(self) -> None:
+        self._collective("barrier", torch.zeros(0), lambda c: None, 0.0)
+
+    # -- messages --------------------------------------------------------------------------
+    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
+        if not 0 <= dst < self.world.n or dst == self.rank:
+            raise ValueError(f"worker {self.rank}: invalid peer {dst}")
+        self._flush()
+        # A snapshot, because the sender may change its tensor before the peer reads it.
+        data = tensor.detach().clone()
+        delay = self.world.network.transfer(nbytes(data), self.rank, dst) if self._counting else 0.0
+        self.world.channel(self.rank, dst, tag).append(_Message(data, self.counters.clock + delay))
+        self._count(nbytes(data), 0)
+
+    def _take(self, src: int, tag: Any) -> torch.Tensor:
+        msg = self.world.channel(src, self.rank, tag).popleft()
+        if self._counting:
+            self.counters.bytes_recv += nbytes(msg.data)
+            if msg.arrival > self.counters.clock:
+                self.counters.comm_time += msg.arrival - self.counters.clock
+                self.counters.clock = msg.arrival
+        return msg.data
+
+    def _wait_for(self, what: str, srcs: Sequence[int], tag: Any) -> None:
+        self._flush()
+        chans = [self.world.channel(s, self.rank, tag) for s in srcs]
+        self.world.block(self.rank, what, lambda: all(chans),
+                         lambda: [s for s, ch in zip(srcs, chans) if not ch])
+
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        peers = list(peers)
+        for p in peers:
+            self._post(tensor, p, "exchange")
+        self._wait_for(f"exchange(peers={peers})", peers, "exchange")
+        return {p: self._take(p, "exchange") for p in peers}
+
+    def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
+        self._post(tensor, dst, ("p2p", tag))
+
+    def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> torch.Tensor:
+        self._wait_for(f"recv(src={src}, tag={tag})", [src], ("p2p", tag))
+        return tensor.copy_(self._take(src, ("p2p", tag)))
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> Handle:
+        self.send(tensor, dst, tag)
+        return _SimHandle(lambda: None, lambda: True)
+
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle:
+        chan = self.world.channel(src, self.rank, ("p2p", tag))
+        return _SimHandle(lambda: self.recv(tensor, src, tag), lambda: bool(chan))

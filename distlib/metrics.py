@@ -1,0 +1,136 @@
+"""What a run records: TensorBoard scalars and a machine-readable summary.json.
+
+Only rank 0 owns a RunLogger; the per-worker figures reach it through the evaluation's
+collectives. summary.json is rewritten (atomically) at every evaluation, so an interrupted
+run still leaves its history behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: The history keys other tools read (see README: summary.json).
+HISTORY_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "consensus_distance",
+                "bytes_sent", "virtual_s")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class RunLogger:
+    """TensorBoard + summary.json + a progress line per evaluation."""
+
+    def __init__(self, run_dir: str | Path, header: dict[str, Any], *, tensorboard: bool = True,
+                 progress: bool = True, total_steps: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.header = header
+        self.history: list[dict[str, Any]] = []
+        self.progress = progress
+        self.total_steps = total_steps
+        self._tb_enabled = tensorboard
+        self._tb = None
+        self._t0 = time.perf_counter()
+        self.wall_offset = 0.0      # wall time of earlier segments of a resumed run
+
+    def _writer(self):
+        if self._tb is None and self._tb_enabled:
+            from torch.utils.tensorboard import SummaryWriter   # imported late: slow import
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        return self._tb
+
+    def wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self._t0
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = dict(record, wall_s=self.wall())
+        self.history.append(record)
+        tb = self._writer()
+        if tb is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key in ("step", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                if math.isfinite(value):
+                    tb.add_scalar(_tb_tag(key), value, step)
+            # The same curves against virtual time (integer microseconds: TensorBoard steps are ints).
+            for key in ("train_loss", "test_accuracy"):
+                if isinstance(record.get(key), float) and math.isfinite(record[key]):
+                    tb.add_scalar(f"vs_virtual_time_ms/{key}", record[key], int(record["virtual_s"] * 1e3))
+            tb.flush()
+        if self.progress:
+            self._print(record)
+        self.write_summary()
+
+    def _print(self, r: dict[str, Any]) -> None:
+        acc = r.get("test_accuracy", float("nan"))
+        line = (f"epoch {r['epoch']:6.2f}  step {r['step']:>6}/{self.total_steps}  "
+                f"train_loss {r['train_loss']:.4f}  test_acc {100 * acc:5.2f}%  "
+                f"consensus {r['consensus_distance']:.2e}  sent/worker {_human_bytes(r['bytes_sent'])}  "
+                f"virtual {r['virtual_s']:.1f}s  wall {r['wall_s']:.1f}s")
+        print(line, file=sys.stderr if os.environ.get("DISTLIB_PROGRESS_STDERR") else sys.stdout, flush=True)
+
+    def summary(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        final = {k: last.get(k) for k in ("test_accuracy", "test_loss", "train_loss", "consensus_distance",
+                                          "worker_accuracy_min", "worker_accuracy_max")}
+        out = dict(self.header)
+        out.update({
+            "steps": last.get("step", 0),
+            "final": final,
+            "comm": {"bytes_sent_per_worker": last.get("bytes_sent_per_worker", []),
+                     "bytes_recv_per_worker": last.get("bytes_recv_per_worker", [])},
+            "time": {"wall_s": self.wall(), "virtual_s": last.get("virtual_s", 0.0)},
+            "history": [{k: v for k, v in h.items() if not isinstance(v, list)} for h in self.history],
+        })
+        out.update(extra or {})
+        return out
+
+    def write_summary(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        s = self.summary(extra)
+        write_json_atomic(self.run_dir / "summary.json", s)
+        return s
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+_GROUPS = {"train_loss": "train/loss", "lr": "train/lr", "test_loss": "test/loss",
+           "test_accuracy": "test/accuracy", "worker_accuracy_min": "test/worker_accuracy_min",
+           "worker_accuracy_max": "test/worker_accuracy_max", "worker_accuracy_mean": "test/worker_accuracy_mean",
+           "consensus_distance": "consensus/distance", "bytes_sent": "comm/bytes_sent_per_worker",
+           "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s"}
+
+
+def _tb_tag(key: str) -> str:
+    return _GROUPS.get(key, key if "/" in key else f"algorithm/{key}")
+
+
+def _human_bytes(b: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024:
+            return f"{b:.1f}{unit}"
+        b /= 1024
+    return f"{b:.1f}TB"

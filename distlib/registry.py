@@ -1,0 +1,69 @@
+"""Name -> class registries, so Hydra configs select components by short name.
+
+Users register their own classes the same way the library does::
+
+    from distlib import STRATEGIES, Strategy
+
+    @STRATEGIES.register("my_algo")
+    class MyAlgo(Strategy): ...
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from distlib.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> class (or factory) table with clear errors for unknown or duplicate names."""
+
+    def __init__(self, kind: str, field: str) -> None:
+        self.kind = kind    # "strategy", used in messages
+        self.field = field  # the config field that selects it, e.g. "algorithm"
+        self._table: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(obj: Callable[..., T]) -> Callable[..., T]:
+            if name in self._table and self._table[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered "
+                                 f"(by {self._table[name]!r})")
+            self._table[name] = obj
+            return obj
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._table:
+            raise ConfigError(f"{self.field}: unknown {self.kind} {name!r}; "
+                              f"available: {', '.join(sorted(self._table))}")
+        return self._table[name]
+
+    def build(self, name: str, params: dict[str, Any] | None = None, **extra: Any) -> T:
+        """Instantiate ``name`` with ``params`` (from config); unknown params are named."""
+        factory = self.get(name)
+        params = dict(params or {})
+        check_params(factory, params, f"{self.field}")
+        return factory(**params, **extra)
+
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def check_params(factory: Callable[..., Any], params: dict[str, Any], where: str) -> None:
+    """Raise a ConfigError naming any key in ``params`` that ``factory`` does not accept."""
+    sig = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = [n for n, p in sig.parameters.items()
+               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown option; allowed: {', '.join(allowed) or 'none'}")

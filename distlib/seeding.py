@@ -1,0 +1,15 @@
+"""Seeds derived from the run seed, one stream per purpose and worker.
+
+Both backends derive every seed the same way, so a run is reproducible from ``seed`` and
+the simulated and torch.distributed backends start from the same numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_PURPOSES = {"init": 1, "rng": 2, "data": 3, "partition": 4, "strategy": 5}
+
+
+def seed_for(seed: int, purpose: str, rank: int | None = None) -> int:
+    key = [int(seed), _PURPOSES[purpose]] + ([] if rank is None else [int(rank)])
+    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint32)[0])

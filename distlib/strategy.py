@@ -1,0 +1,96 @@
+"""Strategy: an algorithm, written from the point of view of ONE worker.
+
+The runtime drives every worker through the same step and calls the hooks below at fixed
+points; a Strategy overrides only what is specific to it::
+
+    setup(ctx)                    once, before the first step
+    for each step:
+        before_step(ctx)
+        ctx.loss = forward + backward on the next mini-batch   (g_i at x_i)
+        after_backward(ctx)       gradients ready, parameters not yet updated
+        local_update(ctx)         default: the optimizer step  x_i <- x_i - gamma g_i
+        after_step(ctx)
+    end_epoch(ctx)                after the last step of every epoch
+
+Hooks may communicate through ``ctx.comm`` in plain blocking style; on the simulated
+backend that is where workers hand over to each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distlib.registry import Registry
+
+if TYPE_CHECKING:
+    from distlib.comm.base import Communicator
+    from distlib.topology.graphs import Graph
+    from distlib.topology.topology import Topology
+    from distlib.worker import Worker
+
+
+@dataclass
+class Context:
+    """What a Strategy sees of its worker and the run, at the current step."""
+
+    worker: "Worker"
+    comm: "Communicator"
+    topology: "Topology"
+    step: int = 0           # global step index, 0-based
+    epoch: int = 0
+    loss: float = float("nan")  # this step's mini-batch loss, measured before the update
+    steps_per_epoch: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.comm.world_size
+
+    def graph(self) -> "Graph":
+        """The communication graph in force at this step."""
+        return self.topology.graph_at(self.step)
+
+    def neighbors(self) -> tuple[int, ...]:
+        return self.graph().neighbors(self.rank)
+
+
+class Strategy:
+    """Base class: plain local SGD with no communication. Override the hooks you need."""
+
+    #: True for strategies whose workers do not advance in lockstep (set by async ones).
+    asynchronous: bool = False
+
+    def setup(self, ctx: Context) -> None:
+        pass
+
+    def before_step(self, ctx: Context) -> None:
+        pass
+
+    def after_backward(self, ctx: Context) -> None:
+        pass
+
+    def local_update(self, ctx: Context) -> None:
+        ctx.worker.optimizer_step()
+
+    def after_step(self, ctx: Context) -> None:
+        pass
+
+    def end_epoch(self, ctx: Context) -> None:
+        pass
+
+    def scalars(self) -> dict[str, float]:
+        """Extra per-worker figures for TensorBoard since the last call (averaged over workers)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm")

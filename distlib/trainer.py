@@ -1,0 +1,206 @@
+"""The Trainer: builds a run from its config and drives every worker through training.
+
+``_train`` is the whole training loop of ONE worker, top to bottom. The backend runs it once
+per worker: all of them in this process (simulated) or one per process (torch.distributed).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from distlib.backends import BACKENDS, Backend
+from distlib.comm.base import Communicator
+from distlib.config import validate
+from distlib.data import DATASETS, Batches, Dataset, partition
+from distlib.errors import DivergenceError
+from distlib.metrics import RunLogger
+from distlib.models import MODELS
+from distlib.network import NetworkModel
+from distlib.registry import check_params
+from distlib.seeding import seed_for
+from distlib.strategy import STRATEGIES, Context, Strategy
+from distlib.topology import Topology, build_topology
+from distlib.worker import Worker
+
+import algorithms  # noqa: F401  (registers the shipped strategies)
+
+
+class Trainer:
+    # configuration
+    cfg: DictConfig
+    run_dir: Path
+    # components, shared by the workers of this process
+    dataset: Dataset
+    shards: list[np.ndarray]
+    topology: Topology
+    backend: Backend
+    # runtime state
+    workers: dict[int, Worker]
+    strategies: dict[int, Strategy]
+    logger: RunLogger | None
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, backend: Backend | None = None) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        n = cfg.workers
+        self.topology = build_topology(cfg.topology, n)
+        self.backend = backend or _build_backend(cfg)
+        self.dataset = DATASETS.build(cfg.dataset.name, _params(cfg.dataset, "partition", "alpha",
+                                                                  "shards_per_worker"))
+        labels = self.dataset.train.y.numpy() if self.dataset.num_classes else np.zeros((len(self.dataset.train), 1))
+        self.shards = partition(labels, n, cfg.dataset.get("partition", "iid"), cfg.dataset.get("alpha", 0.5),
+                                cfg.dataset.get("shards_per_worker", 2), seed_for(cfg.seed, "partition"))
+        per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
+            else len(self.dataset.train) // n
+        self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.workers, self.strategies, self.logger = {}, {}, None
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any] | None:
+        """Train every worker of this process; rank 0 returns the summary (others None)."""
+        try:
+            return self.backend.run(self._train)
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+
+    def _train(self, comm: Communicator) -> dict[str, Any] | None:
+        cfg, rank = self.cfg, comm.rank
+        ctx, strategy = self._build_worker(comm)
+        worker = ctx.worker
+        logger = None
+        if rank == 0:   # rank 0 alone records the run
+            logger = self.logger = RunLogger(self.run_dir, self._header(), tensorboard=cfg.log.tensorboard,
+                                             progress=cfg.log.progress, total_steps=self.total_steps)
+        step_time = cfg.cluster.get("step_time_s")
+        comm.measure_compute = step_time is None
+        strategy.setup(ctx)
+        loss_sum, loss_count, last_finite = 0.0, 0, float("nan")
+
+        for step in range(self.total_steps):
+            ctx.step, ctx.epoch = step, step // self.steps_per_epoch
+            worker.set_lr(self._lr(ctx.epoch))
+
+            strategy.before_step(ctx)
+            ctx.loss = worker.forward_backward()            # g_i at x_i, on the next mini-batch
+            if not math.isfinite(ctx.loss):
+                raise DivergenceError(f"loss became {ctx.loss} on worker {rank} at step {step} "
+                                      f"(last finite loss {last_finite:.6g}); lower optim.lr")
+            last_finite = ctx.loss
+            strategy.after_backward(ctx)
+            strategy.local_update(ctx)                      # default: x_i <- x_i - gamma g_i
+            strategy.after_step(ctx)
+            if step_time is not None:
+                comm.add_compute(step_time)
+            loss_sum, loss_count = loss_sum + ctx.loss, loss_count + 1
+
+            if (step + 1) % self.steps_per_epoch == 0:
+                strategy.end_epoch(ctx)
+            if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
+                record = self._evaluate(ctx, strategy, loss_sum / loss_count)
+                loss_sum, loss_count = 0.0, 0
+                if logger is not None:
+                    logger.log(record)
+        return logger.write_summary() if logger is not None else None
+
+    # -- building --------------------------------------------------------------------------
+    def _build_worker(self, comm: Communicator) -> tuple[Context, Strategy]:
+        cfg, rank = self.cfg, comm.rank
+        init_seed = seed_for(cfg.seed, "init", rank if cfg.init == "per_worker" else None)
+        torch.manual_seed(init_seed)
+        model = MODELS.build(cfg.model.name, _params(cfg.model), input_shape=self.dataset.input_shape,
+                             num_classes=self.dataset.num_classes)
+        # From here on this worker's own stream drives dropout and the like.
+        torch.manual_seed(seed_for(cfg.seed, "rng", rank))
+        batches = Batches(self.dataset.train, self.shards[rank], cfg.batch_size, seed_for(cfg.seed, "data", rank))
+        loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
+        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
+        strategy = build_strategy(cfg.algorithm)
+        ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
+                      extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg})
+        self.workers[rank], self.strategies[rank] = worker, strategy
+        return ctx, strategy
+
+    def _lr(self, epoch: int) -> float:
+        o = self.cfg.optim
+        return o.lr * o.gamma ** sum(epoch >= m for m in (o.milestones or []))
+
+    def _header(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"algorithm": c.algorithm.get("name") or c.algorithm.get("_target_"), "workers": c.workers,
+                "seed": c.seed, "topology": c.topology.name, "model": c.model.name, "dataset": c.dataset.name,
+                "backend": c.backend.name, "steps_per_epoch": self.steps_per_epoch,
+                "config": OmegaConf.to_container(c, resolve=True)}
+
+    # -- measuring -------------------------------------------------------------------------
+    def _evaluate(self, ctx: Context, strategy: Strategy, train_loss: float) -> dict[str, Any]:
+        """Collective over all workers; not counted as training traffic or time."""
+        comm, worker = ctx.comm, ctx.worker
+        with comm.uncounted():
+            x = worker.flat_params()
+            xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss],
+                                                dtype=torch.float64), op="mean")
+            own = worker.evaluate(self.dataset.test) if self.cfg.eval.per_worker else None
+            c = comm.counters
+            per_worker = torch.tensor([own.accuracy if own else float("nan"), c.bytes_sent, c.bytes_recv,
+                                       c.clock], dtype=torch.float64)
+            table = torch.stack(comm.all_gather(per_worker))
+            extra = strategy.scalars()
+            names = sorted(extra)
+            extra_mean = comm.all_reduce(torch.tensor([extra[k] for k in names], dtype=torch.float64),
+                                         op="mean") if names else torch.zeros(0)
+            if comm.rank != 0:
+                return {}
+            avg = worker.evaluate(self.dataset.test, params=xbar)
+        record: dict[str, Any] = {
+            "step": ctx.step + 1, "epoch": (ctx.step + 1) / self.steps_per_epoch,
+            "train_loss": float(dist[1]), "test_loss": avg.loss, "test_accuracy": avg.accuracy,
+            "consensus_distance": float(dist[0]), "lr": worker.lr(),
+            "bytes_sent": float(table[:, 1].mean()), "bytes_recv": float(table[:, 2].mean()),
+            "virtual_s": float(table[:, 3].max()),
+            "bytes_sent_per_worker": [int(b) for b in table[:, 1]],
+            "bytes_recv_per_worker": [int(b) for b in table[:, 2]],
+        }
+        if self.cfg.eval.per_worker:
+            record.update(worker_accuracy_min=float(table[:, 0].min()), worker_accuracy_max=float(table[:, 0].max()),
+                          worker_accuracy_mean=float(table[:, 0].mean()))
+        record.update({k: float(v) for k, v in zip(names, extra_mean)})
+        return record
+
+
+def build_strategy(cfg: DictConfig | dict) -> Strategy:
+    """A Strategy from ``{name: ..., **params}`` or ``{_target_: module.Class, **params}``."""
+    if "_target_" in cfg:
+        from hydra.utils import get_class
+        cls = get_class(cfg["_target_"])
+        params = _params(cfg, "_target_")
+        check_params(cls, params, "algorithm")
+        return cls(**params)
+    return STRATEGIES.build(cfg["name"], _params(cfg))
+
+
+def _params(cfg: DictConfig | dict, *drop: str) -> dict[str, Any]:
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in d.items() if k not in ("name", *drop)}
+
+
+def _optimizer(o: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           nesterov=o.get("nesterov", False))
+
+
+def _build_backend(cfg: DictConfig) -> Backend:
+    params = _params(cfg.backend)
+    if cfg.backend.name == "sim":
+        params.update(network=NetworkModel(**_params(cfg.network)), speeds=cfg.cluster.get("speeds"))
+    return BACKENDS.build(cfg.backend.name, params, workers=cfg.workers)
