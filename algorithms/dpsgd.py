@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from distlib import STRATEGIES, Context, Strategy
 from distlib.errors import ConfigError
-from distlib.gossip import WeightCache, gossip
+from distlib.gossip import MixPlan, WeightCache, gossip
 from distlib.topology.mixing import WEIGHTS
 
 FORMS = ("atc", "cta")
@@ -25,14 +25,15 @@ class DPSGD(Strategy):
         self.form = form
         self.weights = WeightCache(weights)     # W per graph, computed once
 
-    def _mix(self, ctx: Context) -> None:
+    def plan(self, ctx: Context) -> MixPlan:
+        """Row i of W on the graph in force at this step: every edge, every step."""
         g = ctx.graph()
-        gossip(ctx.comm, ctx.worker.flat_params(), g, self.weights(g))
+        return MixPlan.from_matrix(self.weights(g), ctx.rank, g.neighbors(ctx.rank))
 
     def after_backward(self, ctx: Context) -> None:
-        if self.form == "cta":      # gradient already taken at the old x_i; mix, then apply it
-            self._mix(ctx)
+        if self.form == "cta":      # g_i was taken at the old x_i; mix now, the optimizer applies g_i
+            gossip(ctx.comm, ctx.worker.flat_params(), self.plan(ctx))
 
     def after_step(self, ctx: Context) -> None:
-        if self.form == "atc":
-            self._mix(ctx)
+        if self.form == "atc":      # y_i = x_i - gamma g_i is done; x_i <- sum_j W_ij y_j
+            gossip(ctx.comm, ctx.worker.flat_params(), self.plan(ctx))

