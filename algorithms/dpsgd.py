@@ -3,7 +3,8 @@
     adapt-then-combine (atc, default):  y_i = x_i - gamma g_i;   x_i <- sum_j W_ij y_j
     combine-then-adapt (cta, paper):    x_i <- sum_j W_ij x_j - gamma g_i(x_i)
 
-W is Metropolis-Hastings (default) or I - alpha L with alpha = 2 / (lambda_2 + lambda_n).
+W is Metropolis-Hastings (default) or I - alpha L with alpha = 2 / (lambda_2 + lambda_n)
+(or a given ``alpha``, e.g. MATCHA's, to compare the two on equal weights).
 """
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ FORMS = ("atc", "cta")
 
 @STRATEGIES.register("dpsgd")
 class DPSGD(Strategy):
-    def __init__(self, form: str = "atc", weights: str = "metropolis") -> None:
+    def __init__(self, form: str = "atc", weights: str = "metropolis", alpha: float | None = None) -> None:
         if form not in FORMS:
             raise ConfigError(f"algorithm.form: unknown {form!r}; allowed: {', '.join(FORMS)}")
         if weights not in WEIGHTS:
             raise ConfigError(f"algorithm.weights: unknown {weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if alpha is not None and (weights != "laplacian" or isinstance(alpha, bool)
+                                  or not isinstance(alpha, (int, float)) or not alpha > 0):
+            raise ConfigError(f"algorithm.alpha: a number > 0 used with weights=laplacian, got {alpha!r}")
         self.form = form
-        self.weights = WeightCache(weights)     # W per graph, computed once
+        self.weights = WeightCache(weights, alpha)  # W per graph, computed once
 
     def plan(self, ctx: Context) -> MixPlan:
         """Row i of W on the graph in force at this step: every edge, every step."""

@@ -44,3 +44,7 @@ class SimBackend(Backend):
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         return self.world.run(lambda r: fn(self.world.comms[r]))[0]
+
+
+# Last: registers "torch" (torch.distributed, one worker per process); it imports the names above.
+from distlib import dist_backend  # noqa: E402,F401

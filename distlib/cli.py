@@ -1,13 +1,15 @@
 """Command-line entry point: ``distlib-train [overrides]`` (Hydra)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig
 
-from distlib.errors import ConfigError
+from distlib.errors import ConfigError, DivergenceError
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -30,10 +32,39 @@ def _hydra_main(cfg: DictConfig) -> None:
         # A wrong config value: one line naming the field, no traceback.
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except DivergenceError as e:
+        # NaN or inf: one line naming worker, step and last finite loss; checkpoints are kept.
+        print(f"diverged: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 def main() -> None:
-    _hydra_main()
+    # Hydra prints a composition error (``algorithm=nope``, a misspelt key) over several lines
+    # plus a hint; asking it to raise instead lets us give the same one-line message as for
+    # every other config error.
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from distlib.dist_backend import rank_hydra_overrides
+    sys.argv += rank_hydra_overrides(sys.argv[1:])     # under torchrun, only rank 0 writes files
+    try:
+        _hydra_main()
+    except CompactHydraException as e:     # composition and override-syntax errors
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _one_line(e: CompactHydraException) -> str:
+    """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option."""
+    if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
+            and "/" in e.missing_cfg_file:
+        group, name = e.missing_cfg_file.rsplit("/", 1)
+        return f"{group}: unknown option {name!r}; available: {', '.join(e.options)}"
+    cause = str(e.__cause__).splitlines()[0] if e.__cause__ is not None and str(e.__cause__) else ""
+    text = str(e) + (f" ({cause})" if cause else "")
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

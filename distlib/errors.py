@@ -5,6 +5,11 @@ class ConfigError(ValueError):
     """A config value is wrong. The message names the field and what is allowed."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be resumed from: unreadable, unsafe to unpickle, incomplete, or made
+    with an incompatible config. The message names the file and the reason."""
+
+
 class DeadlockError(RuntimeError):
     """A communication pattern can never complete; the message names workers and calls."""
 

@@ -56,11 +56,11 @@ def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torc
 class WeightCache:
     """Mixing matrices per graph, computed once (time-varying topologies repeat graphs)."""
 
-    def __init__(self, kind: str = "metropolis") -> None:
-        self.kind = kind
+    def __init__(self, kind: str = "metropolis", alpha: float | None = None) -> None:
+        self.kind, self.alpha = kind, alpha
         self._cache: dict[Graph, np.ndarray] = {}
 
     def __call__(self, graph: Graph) -> np.ndarray:
         if graph not in self._cache:
-            self._cache[graph] = mixing_matrix(graph, self.kind)
+            self._cache[graph] = mixing_matrix(graph, self.kind, self.alpha)
         return self._cache[graph]

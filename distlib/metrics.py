@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: The history keys other tools read (see README: summary.json).
 HISTORY_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "consensus_distance",
                 "bytes_sent", "virtual_s")
@@ -64,6 +66,12 @@ class RunLogger:
     def log(self, record: dict[str, Any]) -> None:
         record = dict(record, wall_s=self.wall())
         self.history.append(record)
+        self._write_tb(record)
+        if self.progress:
+            self._print(record)
+        self.write_summary()
+
+    def _write_tb(self, record: dict[str, Any]) -> None:
         tb = self._writer()
         if tb is not None:
             step = record["step"]
@@ -77,9 +85,36 @@ class RunLogger:
                 if isinstance(record.get(key), float) and math.isfinite(record[key]):
                     tb.add_scalar(f"vs_virtual_time_ms/{key}", record[key], int(record["virtual_s"] * 1e3))
             tb.flush()
-        if self.progress:
-            self._print(record)
-        self.write_summary()
+
+    def log_histograms(self, values: dict[str, list[float]], step: int) -> None:
+        """TensorBoard histograms (e.g. the staleness of every gradient of an asynchronous run)."""
+        tb = self._writer()
+        if tb is not None and values:
+            for key, v in values.items():
+                if len(v):
+                    tb.add_histogram(_tb_tag(key), np.asarray(v, dtype=np.float64), step)
+            tb.flush()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "wall_s": self.wall()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a run: its history, its wall time, and its TensorBoard curves up to the checkpoint.
+
+        The event files are rewritten from the history rather than cut with SummaryWriter's
+        purge_step: the virtual-time curves use virtual milliseconds as their step, which a
+        purge at a training step would cut in the wrong place.
+        """
+        self.history = [dict(r) for r in state["history"]]
+        self.wall_offset = float(state["wall_s"])
+        self._t0 = time.perf_counter()
+        if self._tb_enabled:
+            self.close()
+            for old in (self.run_dir / "tb").glob("events.out.tfevents.*"):
+                old.unlink()    # they hold this run up to the crash: replayed below up to the checkpoint
+            for record in self.history:
+                self._write_tb(record)
 
     def _print(self, r: dict[str, Any]) -> None:
         acc = r.get("test_accuracy", float("nan"))

@@ -12,6 +12,11 @@ points; a Strategy overrides only what is specific to it::
         after_step(ctx)
     end_epoch(ctx)                after the last step of every epoch
 
+Asynchronous strategies (``asynchronous = True``) also decide when a worker stops
+(``keep_training``), may ask for extra service ranks that run ``serve`` instead of training
+(a parameter server), and end their protocol in ``finish``; their runs are evaluated once,
+after ``finish``, because an evaluation is a global synchronisation point.
+
 Hooks may communicate through ``ctx.comm`` in plain blocking style; on the simulated
 backend that is where workers hand over to each other.
 """
@@ -40,6 +45,7 @@ class Context:
     epoch: int = 0
     loss: float = float("nan")  # this step's mini-batch loss, measured before the update
     steps_per_epoch: int = 1
+    total_steps: int = 0    # the run's step budget per worker (sample budget / workers for async ones)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,6 +69,19 @@ class Strategy:
 
     #: True for strategies whose workers do not advance in lockstep (set by async ones).
     asynchronous: bool = False
+    #: extra ranks after the workers (ranks workers .. workers + service_ranks - 1) that run
+    #: ``serve`` instead of the training loop, e.g. a parameter server
+    service_ranks: int = 0
+
+    def keep_training(self, ctx: Context) -> bool:
+        """Start step ``ctx.step``? Asynchronous strategies may stop by their own rule."""
+        return ctx.step < ctx.total_steps
+
+    def serve(self, ctx: Context) -> None:
+        """The whole life of a service rank (see ``service_ranks``)."""
+
+    def finish(self, ctx: Context) -> None:
+        """After the last step, on every rank: end an asynchronous protocol before the final evaluation."""
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -84,6 +103,10 @@ class Strategy:
 
     def scalars(self) -> dict[str, float]:
         """Extra per-worker figures for TensorBoard since the last call (averaged over workers)."""
+        return {}
+
+    def histograms(self) -> dict[str, list[float]]:
+        """Values to show as TensorBoard histograms at the final evaluation (rank 0's)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

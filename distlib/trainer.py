@@ -5,7 +5,9 @@ per worker: all of them in this process (simulated) or one per process (torch.di
 """
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distlib.backends import BACKENDS, Backend
+from distlib.checkpointer import Checkpointer, LoopState
+from distlib.cluster import ClusterModel
 from distlib.comm.base import Communicator
 from distlib.config import validate
 from distlib.data import DATASETS, Batches, Dataset, partition
-from distlib.errors import DivergenceError
+from distlib.errors import ConfigError, DivergenceError
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
@@ -51,7 +55,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         n = cfg.workers
         self.topology = build_topology(cfg.topology, n)
-        self.backend = backend or _build_backend(cfg)
+        self.cluster = ClusterModel.from_config(cfg.cluster, n)
+        algo = build_strategy(cfg.algorithm)    # checks the algorithm's options now; read for its shape
+        self.asynchronous, self.service_ranks = algo.asynchronous, algo.service_ranks
+        self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, _params(cfg.dataset, "partition", "alpha",
                                                                   "shards_per_worker"))
         labels = self.dataset.train.y.numpy() if self.dataset.num_classes else np.zeros((len(self.dataset.train), 1))
@@ -62,6 +69,14 @@ class Trainer:
         self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
+        # Finds and checks the checkpoint to resume from now, before any work starts.
+        self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
+                                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        if self.asynchronous and self.checkpointer.source:
+            raise ConfigError("resume: asynchronous algorithms cannot resume (no step is common to all workers)")
+        if self.asynchronous and cfg.backend.name == "sim" and self.cluster.step_time_s is None:
+            warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
+                          "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")
         self.workers, self.strategies, self.logger = {}, {}, None
 
     # -- the run ---------------------------------------------------------------------------
@@ -75,43 +90,66 @@ class Trainer:
 
     def _train(self, comm: Communicator) -> dict[str, Any] | None:
         cfg, rank = self.cfg, comm.rank
-        with comm.uncounted():      # building is not part of the modelled time
-            ctx, strategy = self._build_worker(comm)
-        worker = ctx.worker
-        logger = None
-        if rank == 0:   # rank 0 alone records the run
-            logger = self.logger = RunLogger(self.run_dir, self._header(), tensorboard=cfg.log.tensorboard,
-                                             progress=cfg.log.progress, total_steps=self.total_steps)
+        # Set first: with a fixed step time no measured time may reach the clock, not even here.
         step_time = cfg.cluster.get("step_time_s")
         comm.measure_compute = step_time is None
+        with comm.uncounted():      # building is not part of the modelled time
+            ctx, strategy = self._build_worker(comm)
+            logger = None
+            if rank == 0:   # rank 0 alone records the run
+                logger = self.logger = RunLogger(self.run_dir, self._header(), tensorboard=cfg.log.tensorboard,
+                                                 progress=cfg.log.progress, total_steps=self.total_steps)
+        worker = ctx.worker
         strategy.setup(ctx)
-        loss_sum, loss_count, last_finite = 0.0, 0, float("nan")
+        self.checkpointer.agree(comm)     # under torchrun: rank 0's checkpoint directory and source
+        loop = self.checkpointer.restore(ctx, strategy, logger) if self.checkpointer.source else LoopState()
 
-        for step in range(self.total_steps):
+        if rank >= cfg.workers:     # a service rank (e.g. the parameter server): it serves, never trains
+            strategy.serve(ctx)
+        for step in itertools.count(loop.step):
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
+            if rank >= cfg.workers or not strategy.keep_training(ctx):    # default: step < total_steps
+                break
+            comm.step = step                                # named in communication errors
+            comm.speed = self.cluster.speed(rank, step)     # stragglers and transient slowdowns
             worker.set_lr(self._lr(ctx.epoch))
 
             strategy.before_step(ctx)
             ctx.loss = worker.forward_backward()            # g_i at x_i, on the next mini-batch
+            if step_time is not None:                       # g_i is ready step_time / speed later
+                comm.add_compute(step_time)
             if not math.isfinite(ctx.loss):
                 raise DivergenceError(f"loss became {ctx.loss} on worker {rank} at step {step} "
-                                      f"(last finite loss {last_finite:.6g}); lower optim.lr")
-            last_finite = ctx.loss
+                                      f"(last finite loss {loop.last_finite:.6g}); lower optim.lr")
+            loop.last_finite = ctx.loss
             strategy.after_backward(ctx)
             strategy.local_update(ctx)                      # default: x_i <- x_i - gamma g_i
             strategy.after_step(ctx)
-            if step_time is not None:
-                comm.add_compute(step_time)
-            loss_sum, loss_count = loss_sum + ctx.loss, loss_count + 1
+            loop.loss_sum, loop.loss_count = loop.loss_sum + ctx.loss, loop.loss_count + 1
 
             if (step + 1) % self.steps_per_epoch == 0:
                 strategy.end_epoch(ctx)
-            if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
-                record = self._evaluate(ctx, strategy, loss_sum / loss_count)
-                loss_sum, loss_count = 0.0, 0
+            # An evaluation is a global sync point: asynchronous runs are evaluated once, after finish.
+            if not self.asynchronous and ((step + 1) % self.eval_every == 0 or step + 1 == self.total_steps):
+                record = self._evaluate(ctx, strategy, loop.loss_sum / loop.loss_count)
+                loop.loss_sum, loop.loss_count = 0.0, 0
                 if logger is not None:
                     logger.log(record)
+            loop.step = step + 1
+            if not self.asynchronous and self.checkpointer.due(loop.step):  # all workers are at this step
+                self.checkpointer.save(ctx, strategy, loop, logger)
+        if self.asynchronous:
+            self._finish_async(ctx, strategy, loop, logger)
         return logger.write_summary() if logger is not None else None
+
+    def _finish_async(self, ctx: Context, strategy: Strategy, loop: LoopState, logger: RunLogger | None) -> None:
+        """End an asynchronous run: the strategy's stop protocol, then its only evaluation."""
+        strategy.finish(ctx)
+        ctx.step = self.total_steps - 1     # the record's step counts samples as a synchronous run would
+        record = self._evaluate(ctx, strategy, loop.loss_sum / loop.loss_count if loop.loss_count else math.nan)
+        if logger is not None:
+            logger.log(record)
+            logger.log_histograms(strategy.histograms(), record["step"])
 
     # -- building --------------------------------------------------------------------------
     def _build_worker(self, comm: Communicator) -> tuple[Context, Strategy]:
@@ -122,12 +160,15 @@ class Trainer:
                              num_classes=self.dataset.num_classes)
         # From here on this worker's own stream drives dropout and the like.
         torch.manual_seed(seed_for(cfg.seed, "rng", rank))
-        batches = Batches(self.dataset.train, self.shards[rank], cfg.batch_size, seed_for(cfg.seed, "data", rank))
+        # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
+        batches = Batches(self.dataset.train, self.shards[rank % cfg.workers], cfg.batch_size,
+                          seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
         worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
         strategy = build_strategy(cfg.algorithm)
         ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
-                      extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg})
+                      total_steps=self.total_steps,
+                      extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg, "lr_at": self._lr})
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
 
@@ -149,8 +190,10 @@ class Trainer:
         with comm.uncounted():
             x = worker.flat_params()
             xbar = comm.all_reduce(x.detach().clone(), op="mean")
-            dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss],
-                                                dtype=torch.float64), op="mean")
+            has_loss = math.isfinite(train_loss)    # a service rank has no train loss
+            dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss if has_loss else 0.0,
+                                                 float(has_loss)], dtype=torch.float64), op="sum")
+            dist[0], dist[1] = dist[0] / comm.world_size, dist[1] / max(float(dist[2]), 1.0)
             own = worker.evaluate(self.dataset.test) if self.cfg.eval.per_worker else None
             c = comm.counters
             per_worker = torch.tensor([own.accuracy if own else float("nan"), c.bytes_sent, c.bytes_recv,
@@ -200,8 +243,9 @@ def _optimizer(o: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
                            nesterov=o.get("nesterov", False))
 
 
-def _build_backend(cfg: DictConfig) -> Backend:
+def _build_backend(cfg: DictConfig, cluster: ClusterModel, service_ranks: int = 0) -> Backend:
+    """The backend runs ``workers`` training ranks and then the strategy's service ranks (speed 1)."""
     params = _params(cfg.backend)
     if cfg.backend.name == "sim":
-        params.update(network=NetworkModel(**_params(cfg.network)), speeds=cfg.cluster.get("speeds"))
-    return BACKENDS.build(cfg.backend.name, params, workers=cfg.workers)
+        params.update(network=NetworkModel(**_params(cfg.network)), speeds=cluster.base + [1.0] * service_ranks)
+    return BACKENDS.build(cfg.backend.name, params, workers=cfg.workers + service_ranks)

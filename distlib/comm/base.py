@@ -60,6 +60,8 @@ class Communicator(ABC):
     rank: int
     world_size: int
     counters: Counters
+    #: the training step in progress, set by the trainer; named in communication errors
+    step: int = -1
 
     # -- collectives (every worker must call them, in the same order) ---------------------
     @abstractmethod
@@ -99,6 +101,16 @@ class Communicator(ABC):
 
     @abstractmethod
     def irecv(self, tensor: torch.Tensor, src: int) -> Handle: ...
+
+    def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
+                 poll: bool = False) -> int | None:
+        """Receive into ``tensor`` the first message on ``tag`` from any of ``srcs``; return its sender.
+
+        For asynchronous strategies (a parameter server, AD-PSGD's passive side). The
+        simulator takes the earliest arrival in virtual time; real processes the first to come.
+        ``poll=True`` returns None at once if nothing has arrived yet.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support recv_any")
 
     # -- time ------------------------------------------------------------------------------
     #: relative compute speed of this worker (0.25 = four times slower than 1.0)

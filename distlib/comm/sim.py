@@ -44,6 +44,8 @@ class _Block:
     what: str                       # for error messages, e.g. "exchange(peers=[1, 3])"
     ready: Callable[[], bool]
     waiting_for: Callable[[], list[int]]
+    #: virtual time at which the worker acts once ready (default: its clock); see recv_any
+    at: Callable[[], float] | None = None
 
 
 class SimWorld:
@@ -113,7 +115,7 @@ class SimWorld:
             b = self._blocked.get(r)
             if b is not None and not b.ready():
                 continue
-            key = (self.comms[r].counters.clock, r)
+            key = (b.at() if b is not None and b.at is not None else self.comms[r].counters.clock, r)
             if best is None or key < best[0]:
                 best = (key, r)
         return None if best is None else best[1]
@@ -131,11 +133,16 @@ class SimWorld:
         return "communication can never complete: " + "; ".join(parts)
 
     def block(self, rank: int, what: str, ready: Callable[[], bool],
-              waiting_for: Callable[[], list[int]]) -> None:
-        """Suspend ``rank`` until ``ready()``; returns at once if it already is."""
-        if ready():
+              waiting_for: Callable[[], list[int]], at: Callable[[], float] | None = None) -> None:
+        """Suspend ``rank`` until ``ready()``; returns at once if it already is.
+
+        With ``at`` the worker always goes through the hub and is resumed only when ``at()``
+        is the smallest time of any runnable worker: every worker that could still send it
+        something earlier in virtual time has run first (conservative discrete-event order).
+        """
+        if ready() and at is None:
             return
-        self._blocked[rank] = _Block(what, ready, waiting_for)
+        self._blocked[rank] = _Block(what, ready, waiting_for, at)
         assert self._hub is not None, "SimCommunicator used outside SimWorld.run"
         self._hub.switch()
 
@@ -282,3 +289,32 @@ class SimCommunicator(Communicator):
     def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle:
         chan = self.world.channel(src, self.rank, ("p2p", tag))
         return _SimHandle(lambda: self.recv(tensor, src, tag), lambda: bool(chan))
+
+    def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
+                 poll: bool = False) -> int | None:
+        """Receive the message that arrives first in virtual time from any of ``srcs``.
+
+        Conservative: the worker is resumed at that arrival time only once every worker with
+        a smaller clock has run, so no message that would have arrived earlier can still
+        appear (all clocks are >= the arrival; a blocked worker can only be woken by a
+        message sent later still). Ties go to the smaller rank. ``poll=True``: take only a
+        message that has arrived by this worker's clock, else return None at once.
+        """
+        self._flush()
+        srcs = sorted(srcs)
+        chans = [(s, self.world.channel(s, self.rank, ("p2p", tag))) for s in srcs]
+
+        def first() -> tuple[float, int] | None:
+            heads = [(ch[0].arrival, s) for s, ch in chans if ch]
+            return min(heads) if heads else None
+
+        def at() -> float:
+            f, now = first(), self.counters.clock
+            return now if poll or f is None else max(now, f[0])
+        self.world.block(self.rank, f"recv_any(srcs={srcs}, tag={tag})",
+                         lambda: poll or first() is not None, lambda: srcs, at=at)
+        f = first()
+        if f is None or (poll and f[0] > self.counters.clock):
+            return None
+        tensor.copy_(self._take(f[1], ("p2p", tag)))
+        return f[1]

@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ class DataSplit:
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int    # 0 for regression
+    # Per-batch training augmentation (x, generator) -> x, drawn from the worker's generator.
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -131,7 +134,10 @@ class Batches:
             self._order, self._pos = torch.cat([rest, fresh]), 0
         idx = self._order[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.data.x[idx], self.data.y[idx]
+        x = self.data.x[idx]
+        if self.data.augment is not None:
+            x = self.data.augment(x, self.gen)
+        return x, self.data.y[idx]
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": self._order.clone(), "pos": self._pos}

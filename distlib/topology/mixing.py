@@ -38,9 +38,14 @@ def laplacian_weights(graph: Graph, alpha: float | None = None) -> np.ndarray:
 WEIGHTS = {"metropolis": metropolis, "laplacian": laplacian_weights}
 
 
-def mixing_matrix(graph: Graph, kind: str = "metropolis") -> np.ndarray:
+def mixing_matrix(graph: Graph, kind: str = "metropolis", alpha: float | None = None) -> np.ndarray:
+    """W of ``kind``; ``alpha`` fixes the step of ``laplacian`` (default 2 / (lambda_2 + lambda_n))."""
     if kind not in WEIGHTS:
         raise ConfigError(f"algorithm.weights: unknown {kind!r}; allowed: {', '.join(WEIGHTS)}")
+    if alpha is not None:
+        if kind != "laplacian":
+            raise ConfigError(f"algorithm.alpha: only used with weights=laplacian, not {kind!r}")
+        return laplacian_weights(graph, alpha)
     return WEIGHTS[kind](graph)
 
 

@@ -30,6 +30,14 @@ class Topology:
     def name(self) -> str:
         return self.graph.name
 
+    def validate(self, workers: int, require_connected: bool = True) -> None:
+        """Raise ConfigError unless every graph has ``workers`` nodes and (by default) is connected.
+
+        Time-varying topologies override this: they need only the union over time connected.
+        """
+        for g in self.graphs():
+            validate(g, workers, require_connected=require_connected)
+
 
 # Builders of whole topologies (static graphs are wrapped automatically); time-varying
 # schedules register here.
@@ -51,6 +59,5 @@ def build_topology(cfg: Mapping[str, Any], workers: int) -> Topology:
     else:
         raise ConfigError(f"topology: unknown topology {name!r}; available: "
                           + ", ".join(sorted(set(GRAPHS.names()) | set(TOPOLOGIES.names()))))
-    for g in topo.graphs():
-        validate(g, workers, require_connected=bool(cfg.get("require_connected", True)))
+    topo.validate(workers, require_connected=bool(cfg.get("require_connected", True)))
     return topo

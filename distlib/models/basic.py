@@ -1,13 +1,11 @@
-"""Models, registered by name. A builder takes (input_shape, num_classes, **params)."""
+"""Small models for the embedded data and the synthetic tasks: MLP and a small CNN."""
 from __future__ import annotations
 
 import math
 
 from torch import nn
 
-from distlib.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model", "model")
+from distlib.models import MODELS
 
 
 @MODELS.register("mlp")

@@ -1,0 +1,247 @@
+"""AL-DSGD (He, Wang, Choromanska, ECAI 2024; arXiv 2405.11389): adjacent-leader decentralized SGD.
+
+A meta-strategy over a gossip base (D-PSGD or MATCHA). The base decides everything about
+the graph: which graph is in force, which links are sampled, the mixing weights W_ij (its
+``plan(ctx)``). AL-DSGD adds, on every step k that is a multiple of the period T, for worker i:
+
+    1. y_i = x_i - gamma g_i                      l_i = loss at x_i, before the step
+    2. z_i = W_ii y_i + sum_j W_ij y_j            base gossip; each neighbour j sends
+                                                  cat(y_j, [l_j, d_j]) in ONE message
+    3. N   = argmin_{j in {i} + N_i(k)} l_j        best performer      (ties -> i, then
+       tau = argmax_{j in {i} + N_i(k)} d_j        maximal degree       lowest rank)
+    4. z_i <- (1 - w_N - w_tau) z_i + w_N y_N + w_tau y_tau
+    5. x_i <- z_i - lambda_N (z_i - y_N) - lambda_tau (z_i - y_tau)     (pull_form=code)
+
+``pull_form=paper`` applies the corrective force inside the gradient step instead of step 5:
+
+    1'. y_i = x_i - gamma [g_i + lambda_N (x_i - x_N) + lambda_tau (x_i - x_tau)],  then 2-4.
+
+x_N there is the leader's parameters at the start of the step, before its own local step,
+which worker i can only learn from a message sent before the local step. So the paper form
+sends two messages per neighbour on an AL step: cat(x_j, [l_j, d_j]) after the backward pass
+(leaders and pull), then y_j after the local step (mixing and step 4). Steps that are not
+multiples of T are plain base-method steps (same messages, same bytes).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distlib import STRATEGIES, Context, Strategy
+from distlib.errors import ConfigError
+from distlib.gossip import MixPlan, mix_into
+from distlib.leaders import LEADER_METRICS, select_leader
+
+PULL_FORMS = ("code", "paper")
+#: options AL-DSGD hands to its base when the base's constructor takes them
+BASE_OPTIONS = ("weights", "budget")
+
+
+# -- the formulas, shared by both pull forms ---------------------------------------------
+def leader_average(z: torch.Tensor, y_best: torch.Tensor, y_degree: torch.Tensor,
+                   w_best: float, w_degree: float) -> torch.Tensor:
+    """Step 4, in place: z <- (1 - w_N - w_tau) z + w_N y_N + w_tau y_tau.
+
+    Zero weights add no float operation at all, so w_N = w_tau = 0 leaves z bit-identical.
+    """
+    if w_best == 0.0 and w_degree == 0.0:
+        return z
+    z.mul_(1.0 - w_best - w_degree)
+    if w_best:
+        z.add_(y_best, alpha=w_best)
+    if w_degree:
+        z.add_(y_degree, alpha=w_degree)
+    return z
+
+
+def corrective_force(z: torch.Tensor, y_best: torch.Tensor, y_degree: torch.Tensor,
+                     pull_best: float, pull_degree: float) -> torch.Tensor:
+    """Step 5 (released-code form), in place: z <- z - lambda_N (z - y_N) - lambda_tau (z - y_tau).
+
+    Both differences are taken at the same z (before either pull), as in the formula.
+    """
+    d_best = z - y_best if pull_best else None
+    d_degree = z - y_degree if pull_degree else None
+    if d_best is not None:
+        z.sub_(d_best, alpha=pull_best)
+    if d_degree is not None:
+        z.sub_(d_degree, alpha=pull_degree)
+    return z
+
+
+def pull_into_grad(grad: torch.Tensor, x: torch.Tensor, x_best: torch.Tensor, x_degree: torch.Tensor,
+                   pull_best: float, pull_degree: float) -> torch.Tensor:
+    """Paper form, in place: g_i <- g_i + lambda_N (x_i - x_N) + lambda_tau (x_i - x_tau), so the
+    optimizer's step -gamma g_i carries the pull -gamma lambda (x_i - x_leader)."""
+    if pull_best:
+        grad.add_(x - x_best, alpha=pull_best)
+    if pull_degree:
+        grad.add_(x - x_degree, alpha=pull_degree)
+    return grad
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """What one AL exchange told worker i: everyone's parameters and the two leaders."""
+
+    params: dict[int, torch.Tensor]     # rank -> the parameters it sent (self included)
+    best: int                           # N
+    degree_leader: int                  # tau
+
+
+@STRATEGIES.register("al_dsgd")
+class ALDSGD(Strategy):
+    """Adjacent-leader averaging and corrective force on top of a gossip ``base`` strategy."""
+
+    def __init__(self, base: str = "dpsgd", budget: float | None = 0.5, weights: str | None = "laplacian",
+                 w_best: float = 0.3, w_degree: float = 0.1, pull_best: float = 0.2, pull_degree: float = 0.2,
+                 period: int = 1, pull_form: str = "code", leader_metric: str = "loss") -> None:
+        for key, v in (("w_best", w_best), ("w_degree", w_degree), ("pull_best", pull_best),
+                       ("pull_degree", pull_degree)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ConfigError(f"algorithm.{key}: must be a number >= 0, got {v!r}")
+        if w_best + w_degree > 1:
+            raise ConfigError(f"algorithm.w_best + algorithm.w_degree: must be <= 1 (z_i keeps weight "
+                              f"1 - w_best - w_degree), got {w_best + w_degree}")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ConfigError(f"algorithm.period: must be an integer >= 1, got {period!r}")
+        if pull_form not in PULL_FORMS:
+            raise ConfigError(f"algorithm.pull_form: unknown {pull_form!r}; allowed: {', '.join(PULL_FORMS)}")
+        self.base = _build_base(base, weights=weights, budget=budget)
+        self.metric = LEADER_METRICS.build(leader_metric)
+        self.w_best, self.w_degree = float(w_best), float(w_degree)          # w_N, w_tau
+        self.pull_best, self.pull_degree = float(pull_best), float(pull_degree)  # lambda_N, lambda_tau
+        self.period, self.pull_form = period, pull_form
+        self._plan: tuple[int, MixPlan] | None = None   # (step, plan): one plan per step
+        self._leaders: tuple[int, int] | None = None    # paper form: (N, tau) chosen before the step
+        self._n = 0
+        self._reset_counts(0)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def setup(self, ctx: Context) -> None:
+        self.base.setup(ctx)
+        self._n = ctx.world_size
+        self._reset_counts(self._n)
+
+    def before_step(self, ctx: Context) -> None:
+        self.base.before_step(ctx)
+
+    def after_backward(self, ctx: Context) -> None:
+        if not self.is_leader_step(ctx):
+            self.base.after_backward(ctx)
+        elif self.pull_form == "paper":     # x_j and the scores must be known before y_i exists
+            x = ctx.worker.flat_params()
+            hood = self._share(ctx, x)
+            pull_into_grad(ctx.worker.flat_grad(), x, hood.params[hood.best], hood.params[hood.degree_leader],
+                           self.pull_best, self.pull_degree)
+            self._leaders = (hood.best, hood.degree_leader)
+
+    def local_update(self, ctx: Context) -> None:
+        self.base.local_update(ctx)         # y_i = x_i - gamma g_i
+
+    def after_step(self, ctx: Context) -> None:
+        if not self.is_leader_step(ctx):
+            self.base.after_step(ctx)       # a pure base-method step
+            return
+        plan, y = self.plan(ctx), ctx.worker.flat_params()
+        if self.pull_form == "code":
+            hood = self._share(ctx, y)
+        else:
+            assert self._leaders is not None
+            own = y.detach().clone()        # y_i itself may be a leader; y is mixed in place below
+            got = ctx.comm.exchange(y, plan.peers) if plan.peers else {}
+            hood = Neighbourhood({ctx.rank: own, **got}, *self._leaders)
+            self._leaders = None
+        y_best, y_degree = hood.params[hood.best], hood.params[hood.degree_leader]
+        mix_into(y, {j: hood.params[j] for j in plan.peers}, plan.w_self, plan.w_peers)   # z_i
+        leader_average(y, y_best, y_degree, self.w_best, self.w_degree)
+        self._record(hood, y, y_best)
+        if self.pull_form == "code":
+            corrective_force(y, y_best, y_degree, self.pull_best, self.pull_degree)     # x_i
+
+    def end_epoch(self, ctx: Context) -> None:
+        self.base.end_epoch(ctx)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def is_leader_step(self, ctx: Context) -> bool:
+        """Steps 3-5 run on steps 0, T, 2T, ...; the others are plain base steps."""
+        return ctx.step % self.period == 0
+
+    def plan(self, ctx: Context) -> MixPlan:
+        """The base method's row of W^(k); computed once per step (MATCHA samples it)."""
+        if self._plan is None or self._plan[0] != ctx.step:
+            self._plan = (ctx.step, self.base.plan(ctx))
+        return self._plan[1]
+
+    def _share(self, ctx: Context, x: torch.Tensor) -> Neighbourhood:
+        """One exchange of cat(x_i, [score_i, d_i]) with this step's peers; pick N and tau.
+
+        The two scalars ride in the parameter message (no extra round); they are stored in the
+        parameters' dtype, and the worker's own entry goes through the same rounding, so every
+        worker compares the same numbers.
+        """
+        plan, me, p = self.plan(ctx), ctx.rank, x.numel()
+        msg = torch.cat([x.detach().reshape(-1), x.new_tensor([self.metric.measure(ctx), float(plan.degree)])])
+        got = ctx.comm.exchange(msg, plan.peers) if plan.peers else {}
+        msgs = {me: msg, **got}
+        ranks = sorted(msgs)
+        trailer = torch.stack([msgs[j][p:] for j in ranks]).tolist()    # one device sync for all
+        scores = {j: t[0] for j, t in zip(ranks, trailer)}
+        degrees = {j: t[1] for j, t in zip(ranks, trailer)}
+        return Neighbourhood({j: m[:p] for j, m in msgs.items()},
+                             select_leader(scores, me, lower_is_better=self.metric.lower_is_better),
+                             select_leader(degrees, me, lower_is_better=False))
+
+    # -- figures ---------------------------------------------------------------------------
+    def _reset_counts(self, n: int) -> None:
+        self._best_count = [0] * n      # how often this worker chose rank r as N
+        self._degree_count = [0] * n    # ... and as tau
+        self._pull_sum = 0.0
+        self._steps = 0
+
+    def _record(self, hood: Neighbourhood, z: torch.Tensor, y_best: torch.Tensor) -> None:
+        self._best_count[hood.best] += 1
+        self._degree_count[hood.degree_leader] += 1
+        # ||z_i - y_N||: how far the corrective force has to pull. float() synchronises on a GPU;
+        # it is one scalar per AL step.
+        self._pull_sum += float(torch.linalg.vector_norm(z - y_best))
+        self._steps += 1
+
+    def scalars(self) -> dict[str, float]:
+        """Per worker, over the AL steps since the last call: the fraction of them in which this
+        worker chose rank r as best leader N (``leader_best/worker_r``) and as degree leader tau
+        (``leader_degree/worker_r``), and the mean pull distance ||z_i - y_N||. Averaged over
+        workers by the trainer, ``leader_best/worker_r`` is the share of all leader choices that
+        went to worker r. The base's own figures are not passed on: its hooks do not run on AL
+        steps, so they would describe only the off-period steps."""
+        out: dict[str, float] = {}
+        if self._steps:
+            for r in range(self._n):
+                out[f"leader_best/worker_{r}"] = self._best_count[r] / self._steps
+                out[f"leader_degree/worker_{r}"] = self._degree_count[r] / self._steps
+            out["pull_distance"] = self._pull_sum / self._steps
+        self._reset_counts(self._n)
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "best_count": list(self._best_count),
+                "degree_count": list(self._degree_count), "pull_sum": self._pull_sum, "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state["base"])
+        self._best_count, self._degree_count = list(state["best_count"]), list(state["degree_count"])
+        self._pull_sum, self._steps = float(state["pull_sum"]), int(state["steps"])
+
+
+def _build_base(name: str, **options: Any) -> Strategy:
+    """The base strategy by registry name, given those of ``options`` its constructor takes."""
+    gossip_bases = [n for n in STRATEGIES if n != "al_dsgd" and callable(getattr(STRATEGIES.get(n), "plan", None))]
+    if name not in gossip_bases:
+        raise ConfigError(f"algorithm.base: {name!r} is not a gossip strategy with plan(ctx); "
+                          f"allowed: {', '.join(gossip_bases)}")
+    takes = inspect.signature(STRATEGIES.get(name)).parameters
+    return STRATEGIES.build(name, {k: v for k, v in options.items() if v is not None and k in takes})

@@ -1,0 +1,210 @@
+"""Saving and restoring a whole run, from inside each worker's training loop.
+
+Every worker calls :meth:`Checkpointer.save` at the same step of the synchronous loop. Each
+hands its own state to the process's Checkpointer: its model, optimizer, data position, the
+Strategy's state, its byte counters and virtual clock, and its torch RNG state, read inside
+the worker itself (on the simulated backend the hub swaps the global RNG per worker, so only
+the running worker sees its own). After a collective that doubles as a barrier, the lowest
+rank of each process writes that process's shard (one shard on the simulated backend, one
+per process under torch.distributed) and rank 0 adds the metadata (config, logger history)
+and commits the checkpoint atomically (see :mod:`distlib.checkpoint`).
+
+``resume`` selects where a run continues from: null (start fresh; under torchrun after a
+restart, TORCHELASTIC_RESTART_COUNT > 0, the latest checkpoint if there is one), ``auto``
+(the latest if there is one), ``true`` (the latest, which must exist) or a path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from distlib import checkpoint as ckpt
+from distlib.errors import CheckpointError, DivergenceError
+
+if TYPE_CHECKING:
+    from distlib.comm.base import Communicator
+    from distlib.metrics import RunLogger
+    from distlib.strategy import Context, Strategy
+
+
+@dataclass
+class LoopState:
+    """The training loop's own variables, restored with everything else."""
+
+    step: int = 0                       # steps done: the index of the next step
+    loss_sum: float = 0.0               # train loss summed since the last evaluation
+    loss_count: int = 0
+    last_finite: float = float("nan")   # for the divergence message
+
+
+class Checkpointer:
+    """One per process: collects the local workers' states, writes and reads checkpoints."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, local_ranks: list[int], world_size: int, *,
+                 steps_per_epoch: int, total_steps: int) -> None:
+        c = cfg.get("checkpoint") or {}
+        self.enabled: bool = bool(c.get("enabled", True))
+        self.every: int | None = c.get("every")
+        self.epoch_end: bool = bool(c.get("epoch_end", True))
+        self.keep: int = int(c.get("keep", 1))
+        self.root = Path(c["dir"]) if c.get("dir") else Path(run_dir) / "checkpoints"
+        self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.local_ranks = sorted(local_ranks)
+        self.world_size = world_size     # every rank of the run (workers and service ranks)
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._shards: dict[Path, dict[int, Any]] = {}
+        self._restored: set[int] = set()
+        self.source: Path | None = None
+        self.meta: dict[str, Any] | None = None
+        if 0 in self.local_ranks:   # rank 0 decides (other processes learn it in ``agree``)
+            self.root = self.root.resolve()
+            self._use(self._resolve(cfg.get("resume")))
+
+    def _use(self, source: Path | None) -> None:
+        self.source = source
+        self.meta = self._read_meta(source) if source else None
+        if self.meta is not None and self.meta["step"] > self.total_steps:
+            raise CheckpointError(f"resume: checkpoint {source} is at step {self.meta['step']}, beyond this "
+                                  f"run's {self.total_steps} steps; raise max_steps or epochs")
+
+    def agree(self, comm: "Communicator") -> None:
+        """Every process adopts rank 0's checkpoint directory and resume source.
+
+        Under torchrun the ranks other than 0 may run in another directory than rank 0's run
+        directory; they write their shards where rank 0 reads them. Called by every worker
+        right after it is built; nothing to do when this process holds every worker.
+        """
+        if len(self.local_ranks) == self.world_size:
+            return
+        with comm.uncounted():
+            root = _broadcast_text(comm, str(self.root))
+            source = _broadcast_text(comm, str(self.source or ""))
+        if 0 not in self.local_ranks:
+            self.root = Path(root)
+            self._use(Path(source) if source else None)
+
+    # -- when ----------------------------------------------------------------------------------
+    def due(self, done: int) -> bool:
+        """Checkpoint after ``done`` steps? Every ``every`` steps, at epoch ends, and at the end."""
+        if not self.enabled:
+            return False
+        return bool((self.every and done % self.every == 0) or done == self.total_steps
+                    or (self.epoch_end and done % self.steps_per_epoch == 0))
+
+    # -- saving (called by every worker, at the same step) ----------------------------------------
+    def save(self, ctx: "Context", strategy: "Strategy", loop: LoopState, logger: "RunLogger | None") -> None:
+        comm, worker, rank = ctx.comm, ctx.worker, ctx.rank
+        with comm.uncounted():      # saving is not training: no bytes, no virtual time
+            if rank == 0:   # before the collective below, after which the others write into it
+                ckpt.begin(self.root, loop.step)
+            self._pending[rank] = ckpt.plain({
+                "worker": worker.state_dict(), "strategy": strategy.state_dict(),
+                "counters": comm.counters.state_dict(), "loop": asdict(loop), "rng": _rng_state()},
+                f"worker {rank}")
+            finite = float(bool(torch.isfinite(worker.flat_params()).all()))
+            flags = comm.all_gather(torch.tensor([finite], dtype=torch.float64))   # also a barrier
+            bad = [r for r, f in enumerate(flags) if f[0] == 0]
+            if bad:     # never replace the last good checkpoint by a diverged state
+                self._pending.clear()
+                raise DivergenceError(f"parameters of worker {bad[0]} became NaN or infinite by step {loop.step} "
+                                      f"(last finite loss {loop.last_finite:.6g}); kept the previous checkpoint; "
+                                      f"lower optim.lr")
+            partial = ckpt.partial_dir(self.root, loop.step)
+            if rank == self.local_ranks[0]:
+                mine = {r: self._pending.pop(r) for r in self.local_ranks}
+                ckpt.save_file({"format": ckpt.FORMAT, "ranks": mine}, partial / ckpt.shard_name(self.local_ranks))
+            comm.barrier()      # every shard is on disk
+            if rank == 0:
+                assert logger is not None
+                ckpt.save_file(ckpt.plain({"format": ckpt.FORMAT, "step": loop.step, "world_size": self.world_size,
+                                           "config": ckpt.config_json(self.config),
+                                           "logger": logger.state_dict()}, "logger"), partial / ckpt.META)
+                ckpt.commit(self.root, loop.step, self.world_size, self.keep)
+            comm.barrier()      # committed before anyone moves on (and perhaps fails)
+
+    # -- restoring (called by every worker, after Strategy.setup) ---------------------------------
+    def restore(self, ctx: "Context", strategy: "Strategy", logger: "RunLogger | None") -> LoopState:
+        """Load this worker's state from the resume checkpoint; return the loop state to go on from."""
+        assert self.source is not None and self.meta is not None
+        comm, rank = ctx.comm, ctx.rank
+        state = self._state_of(rank)
+        with comm.uncounted():
+            ctx.worker.load_state_dict(state["worker"])
+            strategy.load_state_dict(state["strategy"])
+            comm.counters.load_state_dict(state["counters"])
+            _set_rng_state(state["rng"])
+            if logger is not None:
+                logger.load_state_dict(self.meta["logger"])
+        self._restored.add(rank)
+        if self._restored >= set(self.local_ranks):
+            self._shards.clear()    # every local worker has its state: free the memory
+        return LoopState(**state["loop"])
+
+    def _state_of(self, rank: int) -> dict[str, Any]:
+        assert self.source is not None
+        for path in ckpt.shards(self.source):
+            if rank in ckpt.shard_ranks(path):
+                if path not in self._shards:
+                    data = ckpt.load_file(path)
+                    self._shards[path] = data["ranks"]
+                return self._shards[path][rank]
+        raise CheckpointError(f"resume: checkpoint {self.source} holds no state for worker {rank}")
+
+    # -- finding ----------------------------------------------------------------------------------
+    def _resolve(self, resume: Any) -> Path | None:
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        if resume is None or resume is False:
+            # torchrun --max-restarts restarted the group: go on from the last checkpoint by itself.
+            return ckpt.find(self.root) if restarted else None
+        if resume == "auto":
+            return ckpt.find(self.root)
+        if resume is True:
+            found = ckpt.find(self.root)
+            if found is None:
+                raise CheckpointError(f"resume=true: no complete checkpoint in {self.root}; run once with "
+                                      f"checkpointing on, or give resume=PATH")
+            return found
+        found = ckpt.find(Path(str(resume)))
+        if found is None:
+            raise CheckpointError(f"resume: no complete checkpoint at {resume} (give a step_N directory, "
+                                  f"a checkpoints directory, or a run directory)")
+        return found
+
+    def _read_meta(self, where: Path) -> dict[str, Any]:
+        meta = ckpt.load_file(where / ckpt.META)
+        if not isinstance(meta, dict) or meta.get("format") != ckpt.FORMAT:
+            raise CheckpointError(f"resume: {where} is not a distlib checkpoint of format {ckpt.FORMAT}")
+        if meta["world_size"] != self.world_size:
+            raise CheckpointError(f"resume: checkpoint {where} has {meta['world_size']} workers but this run has "
+                                  f"{self.world_size}; resume with the same number of workers")
+        ckpt.check_compatible(json.loads(meta["config"]), self.config, where)
+        return meta
+
+
+def _broadcast_text(comm: "Communicator", text: str) -> str:
+    """Rank 0's ``text`` on every rank (two small broadcasts: its length, then its bytes)."""
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8)
+    size = comm.broadcast(torch.tensor([len(data)], dtype=torch.int64), src=0)
+    buf = data if comm.rank == 0 else torch.zeros(int(size[0]), dtype=torch.uint8)
+    return bytes(comm.broadcast(buf, src=0).tolist()).decode()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+

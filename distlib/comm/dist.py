@@ -1,0 +1,276 @@
+"""The torch.distributed Communicator: one worker per process (gloo on CPU, NCCL on GPU).
+
+Same interface and the same byte accounting as the simulated backend
+(:mod:`distlib.comm.sim`), so a synchronous Strategy gives the same numbers and the same
+byte counts on both. Differences a Strategy author may meet:
+
+* Virtual clock: on real processes it is *measured* time. Compute is the real time between
+  communication calls (or ``add_compute`` when ``cluster.step_time_s`` is set) and
+  communication is the real time spent inside each call; measurement traffic inside
+  ``uncounted()`` adds nothing. No NetworkModel is applied: the network is the real one.
+* Every call waits at most ``timeout_s``; a failure or a timeout (a peer died, or called a
+  different operation) raises :class:`~distlib.errors.CommError` naming this rank, the call
+  and the training step, so the surviving processes stop instead of hanging.
+* Tags: ``send/recv/isend/irecv`` take a ``tag`` (honoured by gloo; NCCL matches in call
+  order). Tags from :data:`RESERVED_TAG` up are reserved for ``exchange``.
+* ``isend`` snapshots its tensor, as the simulator does, so the sender may change it at
+  once. Pending sends are kept alive here and completed by :meth:`DistCommunicator.finish`.
+* ``Handle.is_completed()`` polls through a helper thread, because a gloo Work only
+  reports completion once somebody waits on it.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from datetime import timedelta
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from distlib.comm.base import Communicator, Counters, Handle, nbytes, ring_allreduce_bytes
+from distlib.errors import CommError
+
+#: ``exchange`` travels on this gloo tag so it never matches a user's send/recv.
+RESERVED_TAG = 1 << 30
+
+_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM,   # mean = sum / n, as the simulator
+        "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+class _DistHandle(Handle):
+    """A pending isend/irecv. ``wait`` completes it (within the timeout) and returns the tensor."""
+
+    def __init__(self, comm: "DistCommunicator", work: dist.Work, what: str,
+                 done: Callable[[], torch.Tensor | None], keep: torch.Tensor | None = None) -> None:
+        self._comm, self._work, self._what, self._done = comm, work, what, done
+        self._keep = keep   # a send's snapshot: must outlive the transfer
+        self._result: torch.Tensor | None = None
+        self._finished = False
+        self._poller: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+
+    def _poll(self) -> None:
+        try:
+            self._work.wait(self._comm.timeout)
+        except BaseException as e:  # reported by wait()
+            self._error = e
+        self._ready.set()
+
+    def is_completed(self) -> bool:
+        if self._finished:
+            return True
+        if self._poller is None:    # gloo's Work.is_completed() stays False until waited on
+            self._poller = threading.Thread(target=self._poll, daemon=True)
+            self._poller.start()
+        if self._ready.is_set():
+            self.wait()
+            return True
+        return False
+
+    def wait(self) -> torch.Tensor | None:
+        if self._finished:
+            return self._result
+        with self._comm._op(self._what):
+            if self._poller is None:
+                self._work.wait(self._comm.timeout)
+            else:
+                self._poller.join()
+                if self._error is not None:
+                    raise self._error
+        self._result, self._finished = self._done(), True
+        return self._result
+
+
+class DistCommunicator(Communicator):
+    """This process's worker, talking to the others through the default process group.
+
+    The process group must already be initialised (``TorchBackend.run`` does it).
+    ``device``: where tensors travel (a CUDA device for NCCL; CPU tensors are staged
+    there and copied back); None sends tensors as they are (gloo).
+    """
+
+    def __init__(self, timeout_s: float, device: torch.device | None = None) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.counters = Counters()
+        self.timeout_s = float(timeout_s)
+        self.timeout = timedelta(seconds=self.timeout_s)
+        self.device = device
+        self._seg = time.perf_counter()     # start of the current compute segment
+        self._pending_sends: list[_DistHandle] = []
+        self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
+
+    # -- time and errors -------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Charge the real time since the last call as compute."""
+        now = time.perf_counter()
+        if self.measure_compute and self._counting:
+            self.counters.clock += (now - self._seg) / self.speed
+        self._seg = now
+
+    @contextlib.contextmanager
+    def _op(self, what: str) -> Iterator[None]:
+        """Run one call: its real duration is communication time; failures become CommError."""
+        self._flush()
+        try:
+            yield
+        except RuntimeError as e:   # gloo/NCCL errors and timeouts are RuntimeErrors
+            where = f"step {self.step}" if self.step >= 0 else "before the first step"
+            raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
+                            f"a peer may have died or called a different operation): {e}") from e
+        now = time.perf_counter()
+        if self._counting:
+            self.counters.clock += now - self._seg
+            self.counters.comm_time += now - self._seg
+        self._seg = now
+
+    def _wait(self, works: Sequence[dist.Work] | dist.Work | None) -> None:
+        # batch_isend_irecv on gloo returns one Work per operation: wait on every one.
+        for w in works if isinstance(works, (list, tuple)) else [works]:
+            if w is not None:
+                w.wait(self.timeout)
+
+    # -- staging ---------------------------------------------------------------------------
+    def _wire(self, t: torch.Tensor) -> torch.Tensor:
+        """The tensor torch.distributed gets: ``t`` itself when possible, else a staged copy."""
+        w = t.detach()
+        if self.device is not None and w.device != self.device:
+            return w.to(self.device)
+        return w if w.is_contiguous() else w.contiguous()
+
+    @staticmethod
+    def _back(w: torch.Tensor, t: torch.Tensor) -> None:
+        """Copy an in-place result from the staged tensor back into ``t`` if they differ."""
+        if w.data_ptr() != t.data_ptr() or w.device != t.device:
+            t.detach().copy_(w)
+
+    def _check_peer(self, p: int) -> None:
+        if not 0 <= p < self.world_size or p == self.rank:
+            raise ValueError(f"worker {self.rank}: invalid peer {p}")
+
+    # -- collectives -----------------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if op not in _OPS:
+            raise ValueError(f"all_reduce: unknown op {op!r}; allowed: {', '.join(_OPS)}")
+        b = ring_allreduce_bytes(tensor, self.world_size)
+        self._count(b, b)
+        with self._op(f"all_reduce(op={op})"):
+            w = self._wire(tensor)
+            self._wait(dist.all_reduce(w, op=_OPS[op], async_op=True))
+            if op == "mean":
+                w.div_(self.world_size)
+            self._back(w, tensor)
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        n = self.world_size
+        self._count(nbytes(tensor) * (n - 1) if self.rank == src else 0,
+                    0 if self.rank == src else nbytes(tensor))
+        with self._op(f"broadcast(src={src})"):
+            w = self._wire(tensor)
+            self._wait(dist.broadcast(w, src, async_op=True))
+            self._back(w, tensor)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        n = self.world_size
+        self._count(nbytes(tensor) * (n - 1), nbytes(tensor) * (n - 1))
+        with self._op("all_gather()"):
+            w = self._wire(tensor)
+            out = [torch.empty_like(w) for _ in range(n)]
+            self._wait(dist.all_gather(out, w, async_op=True))
+        return [o.to(tensor.device) for o in out]
+
+    def barrier(self) -> None:
+        with self._op("barrier()"):
+            ids = [self.device.index] if self.device is not None and self.device.type == "cuda" else None
+            self._wait(dist.barrier(async_op=True, device_ids=ids))
+
+    # -- neighbour exchange -----------------------------------------------------------------
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        peers = list(peers)
+        for p in peers:
+            self._check_peer(p)
+        k, b = len(peers), nbytes(tensor)
+        self._count(b * k, b * k, messages=k)
+        with self._op(f"exchange(peers={peers})"):
+            w = self._wire(tensor)
+            got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
+            # Sends and receives in ONE batched call: no order of peers can deadlock.
+            ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
+            ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
+            if ops:
+                self._wait(dist.batch_isend_irecv(ops))
+        if self.device is not None and tensor.device != self.device:
+            got = {p: g.to(tensor.device) for p, g in got.items()}
+        return got
+
+    # -- point to point ---------------------------------------------------------------------
+    def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
+        self.isend(tensor, dst, tag).wait()
+
+    def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> torch.Tensor:
+        return self.irecv(tensor, src, tag).wait()
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> Handle:
+        self._check_peer(dst)
+        _check_tag(tag)
+        self._count(nbytes(tensor), 0)
+        what = f"send(dst={dst}, tag={tag})"
+        with self._op(what):
+            # A snapshot (as in the simulator): the sender may change ``tensor`` at once.
+            snap = self._wire(tensor).clone()
+            work = dist.isend(snap, dst, tag=tag)
+        h = _DistHandle(self, work, what, lambda: None, keep=snap)
+        self._pending_sends = [s for s in self._pending_sends if not s._finished] + [h]
+        return h
+
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle:
+        self._check_peer(src)
+        _check_tag(tag)
+        what = f"recv(src={src}, tag={tag})"
+        with self._op(what):
+            w = self._wire(tensor)
+            work = dist.irecv(w, src, tag=tag)
+
+        def done() -> torch.Tensor:
+            self._back(w, tensor)
+            if self._counting:
+                self.counters.bytes_recv += nbytes(tensor)
+            return tensor
+        return _DistHandle(self, work, what, done)
+
+    def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
+                 poll: bool = False) -> int | None:
+        """The first message on ``tag`` from any rank (gloo's any-source receive; ``srcs`` is
+        not enforced: protocols give each message kind its own tag). With ``poll`` the receive
+        stays posted between calls, so a later call (polling or not) takes its message."""
+        _check_tag(tag)
+        if tag not in self._any:
+            with self._op(f"recv_any(tag={tag})"):
+                w = self._wire(tensor).clone()      # a buffer of its own: the receive may outlive this call
+                work = dist.irecv(w, None, tag=tag)
+            self._any[tag] = (_DistHandle(self, work, f"recv_any(tag={tag})", lambda: w), work)
+        handle, work = self._any[tag]
+        if poll and not handle.is_completed():
+            return None
+        del self._any[tag]
+        got = handle.wait()
+        tensor.detach().copy_(got)
+        if self._counting:
+            self.counters.bytes_recv += nbytes(tensor)
+        return int(work._source_rank())
+
+    def finish(self) -> None:
+        """Complete every send still in flight (before the process group goes away)."""
+        pending, self._pending_sends = self._pending_sends, []
+        for h in pending:
+            h.wait()
+
+
+def _check_tag(tag: int) -> None:
+    if not 0 <= tag < RESERVED_TAG:
+        raise ValueError(f"tag must be in [0, {RESERVED_TAG}), got {tag}")

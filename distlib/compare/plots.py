@@ -1,0 +1,74 @@
+"""Figures of a comparison: one PNG per setting and quantity, seed mean with a +-1 std band.
+
+matplotlib is imported here only (slow import, and only plotting needs it), with the
+non-interactive Agg backend so figures render on machines without a display.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from distlib.compare.runs import Group
+from distlib.compare.stats import curve
+
+#: x axes: (history key, axis label, scale applied to the values)
+X_AXES = (("epoch", "epoch", 1.0), ("bytes_sent", "MB sent per worker", 1e-6),
+          ("virtual_s", "virtual time (s)", 1.0))
+#: y quantities: (history key, axis label, scale, log scale)
+ACCURACY = ("test_accuracy", "test accuracy of the averaged model (%)", 100.0, False)
+TRAIN_LOSS = ("train_loss", "train loss (mean over workers)", 1.0, False)
+CONSENSUS = ("consensus_distance", "consensus distance  mean ||x_i - x̄||²", 1.0, True)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_") or "all"
+
+
+def _band(ax, g: Group, y: tuple, x: tuple) -> None:
+    c = curve(g, y[0], x[0])
+    if len(c.mean) == 0:
+        return
+    xs, m, s = c.x * x[2], c.mean * y[2], c.std * y[2]
+    label = f"{g.algorithm} (n={len(g.runs)})"
+    line, = ax.plot(xs, m, label=label, lw=1.6)
+    if len(g.runs) > 1:
+        lo = np.maximum(m - s, 0) if y[3] else m - s
+        ax.fill_between(xs, lo, m + s, color=line.get_color(), alpha=0.18, lw=0)
+
+
+def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
+    for ax, x in zip(axes[0], xs):
+        for g in groups:
+            _band(ax, g, y, x)
+        ax.set_xlabel(x[1])
+        ax.set_ylabel(y[1])
+        ax.set_title(f"{y[0].replace('_', ' ')} vs {x[1].split(' (')[0]}")
+        if y[3]:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{setting}  (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_setting(groups: list[Group], setting: str, out: Path) -> list[Path]:
+    """Accuracy and train loss against epoch, bytes and virtual time; consensus against step."""
+    stem = slug(setting)
+    paths = []
+    if any(math.isfinite(h.get("test_accuracy") or math.nan) for g in groups for r in g.runs
+           for h in r.summary["history"]):
+        paths.append(_figure(groups, setting, ACCURACY, X_AXES, out / f"{stem}__test_accuracy.png"))
+    paths.append(_figure(groups, setting, TRAIN_LOSS, X_AXES, out / f"{stem}__train_loss.png"))
+    paths.append(_figure(groups, setting, CONSENSUS, (("step", "step", 1.0),), out / f"{stem}__consensus.png"))
+    return paths

@@ -1,0 +1,233 @@
+"""Speed of the torch.distributed backend (gloo, this machine), measured side by side.
+
+For 2 and 4 processes, MLP (784-200-10) on the embedded MNIST, batch 32 per worker:
+
+(a) AllReduce-SGD in distlib (Trainer, backend=torch) against a hand-written loop with
+    torch.nn.parallel.DistributedDataParallel: seconds per iteration, ratio distlib / DDP;
+(b) D-PSGD's neighbour exchange (``comm.exchange`` of the flat parameters with both ring
+    neighbours) against a bare ``dist.batch_isend_irecv`` of the same tensors into buffers
+    allocated once: seconds per call, ratio;
+(c) the same runs (AllReduce-SGD, D-PSGD on a ring) on the simulated backend, all workers in
+    this one process, against the gloo processes: seconds per iteration, ratio sim / gloo.
+
+Steady-state time only: a clock reading at the end of step ``warmup`` and of the last step.
+Every figure is measured in interleaved rounds and the median kept, so load from other
+programs slows all variants alike. Each process uses one thread.
+
+    python scripts/bench_dist.py [--procs 2 4] [--steps 200] [--rounds 3] [--out bench_results/bench_dist.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from hydra import compose, initialize_config_module
+from torch import nn
+
+from algorithms.allreduce_sgd import AllReduceSGD
+from algorithms.dpsgd import DPSGD
+from distlib import STRATEGIES, Context
+from distlib.comm.dist import DistCommunicator
+from distlib.models import MODELS
+from distlib.seeding import seed_for
+from distlib.trainer import Trainer
+
+BATCH = 32
+MODEL = ("model=mlp", "model.hidden=[200]")
+
+
+class _Stopwatch:
+    warmup, t0, t1 = 0, 0.0, 0.0
+
+
+WATCH = _Stopwatch()
+
+
+def _timed(cls: type) -> type:
+    """``cls`` exactly, plus two clock readings on rank 0 (ranks move in lockstep)."""
+    class Timed(cls):
+        def after_step(self, ctx: Context) -> None:
+            super().after_step(ctx)
+            if ctx.rank == 0:
+                WATCH.t1 = time.perf_counter()
+                if ctx.step == WATCH.warmup - 1:
+                    WATCH.t0 = WATCH.t1
+    Timed.__name__ = f"Timed{cls.__name__}"
+    return Timed
+
+
+STRATEGIES.register("bench_allreduce_sgd")(_timed(AllReduceSGD))
+STRATEGIES.register("bench_dpsgd")(_timed(DPSGD))
+
+
+def _cfg(algorithm: str, n: int, steps: int, backend: str):
+    with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
+        return compose("train", overrides=[
+            f"algorithm={algorithm}", f"algorithm.name=bench_{algorithm}", f"workers={n}", "topology=ring",
+            *MODEL, "dataset=mnist", f"batch_size={BATCH}", f"max_steps={steps}", f"eval_every={steps}",
+            "eval.per_worker=false", "log.tensorboard=false", "log.progress=false", f"backend={backend}",
+            "checkpoint.enabled=false"])
+
+
+def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run_dir: Path) -> float:
+    """Seconds per iteration of distlib's Trainer (rank 0's clock)."""
+    WATCH.warmup = warmup
+    Trainer(_cfg(algorithm, n, steps, backend), run_dir).run()
+    return (WATCH.t1 - WATCH.t0) / (steps - warmup)
+
+
+def ddp(n: int, steps: int, warmup: int) -> float:
+    """The hand-written DistributedDataParallel loop on the same model, data and optimizer."""
+    trainer = Trainer(_cfg("allreduce_sgd", n, steps, "torch"), tempfile.gettempdir())  # builds data only
+    data, rank = trainer.dataset, dist.get_rank()
+    torch.manual_seed(seed_for(0, "init"))
+    model = MODELS.build("mlp", {"hidden": [200]}, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    idx = torch.as_tensor(trainer.shards[rank])
+    gen = torch.Generator().manual_seed(rank)
+    for step in range(steps):
+        if step == warmup:
+            t0 = time.perf_counter()
+        b = idx[torch.randint(len(idx), (BATCH,), generator=gen)]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(data.train.x[b]), data.train.y[b])
+        loss.backward()             # DDP all-reduces the gradient buckets here
+        loss.item()                 # distlib reads every loss too (logging, divergence check)
+        opt.step()
+    return (time.perf_counter() - t0) / (steps - warmup)
+
+
+def exchange_pair(numel: int, calls: int, warmup: int) -> tuple[float, float]:
+    """Seconds per ring exchange: distlib's ``comm.exchange`` and a bare batch_isend_irecv."""
+    comm = DistCommunicator(timeout_s=300)
+    r, n = comm.rank, comm.world_size
+    peers = sorted({(r - 1) % n, (r + 1) % n})
+    x = torch.randn(numel)
+    bufs = {p: torch.empty_like(x) for p in peers}
+
+    def bare() -> None:
+        ops = [dist.P2POp(dist.isend, x, p) for p in peers] + [dist.P2POp(dist.irecv, bufs[p], p) for p in peers]
+        for w in dist.batch_isend_irecv(ops):
+            w.wait()
+
+    variants = (lambda: comm.exchange(x, peers), bare)
+    for fn in variants:
+        for _ in range(warmup):
+            fn()
+    spent = [0.0, 0.0]
+    block = 10
+    for _ in range(max(calls // block, 1)):     # alternate blocks: drifting load hits both alike
+        for k, fn in enumerate(variants):
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                fn()
+            spent[k] += time.perf_counter() - t0
+    per_call = max(calls // block, 1) * block
+    return spent[0] / per_call, spent[1] / per_call
+
+
+def rank_main(spec_path: str) -> None:
+    """One process of the gloo job: every measurement, ``rounds`` times, interleaved."""
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    dist.init_process_group("gloo")
+    n, steps, warmup = dist.get_world_size(), spec["steps"], spec["warmup"]
+    runs: dict[str, list[float]] = {k: [] for k in ("allreduce_sgd", "ddp", "dpsgd", "exchange", "bare")}
+    numel = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(spec["rounds"]):
+            runs["allreduce_sgd"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp)))
+            runs["ddp"].append(ddp(n, steps, warmup))
+            runs["dpsgd"].append(framework("dpsgd", n, steps, warmup, "torch", Path(tmp)))
+            numel = numel or sum(p.numel() for p in MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28),
+                                                                  num_classes=10).parameters())
+            ex, bare = exchange_pair(numel, spec["calls"], spec["warmup"])
+            runs["exchange"].append(ex)
+            runs["bare"].append(bare)
+    if dist.get_rank() == 0:
+        Path(spec["out"]).write_text(json.dumps({"runs": runs, "numel": numel}))
+    dist.destroy_process_group()
+
+
+def gloo_job(n: int, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "spec.json"
+        out = Path(tmp) / "out.json"
+        spec.write_text(json.dumps({"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                                    "calls": args.calls, "out": str(out)}))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, __file__, "--rank-main", str(spec)],
+                                  env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n),
+                                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"))
+                 for r in range(n)]
+        try:
+            codes = [p.wait() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if any(codes):
+            raise SystemExit(f"gloo job with {n} processes failed: exit codes {codes}")
+        return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--procs", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=400, help="exchange calls per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default="bench_results/bench_dist.json")
+    ap.add_argument("--rank-main", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rank_main:
+        return rank_main(args.rank_main)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "dataset": "mnist (embedded)",
+               "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "torch": torch.__version__,
+               "cpu_cores": os.cpu_count(), "procs": {}}
+    for n in args.procs:
+        job = gloo_job(n, args)
+        runs = job["runs"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for algo in ("allreduce_sgd", "dpsgd"):
+                runs[f"sim_{algo}"] = [framework(algo, n, args.steps, args.warmup, "sim", Path(tmp))
+                                       for _ in range(args.rounds)]
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        entry = {"seconds": med, "all_rounds": runs, "exchanged_floats": job["numel"],
+                 "a_allreduce_sgd_vs_ddp": med["allreduce_sgd"] / med["ddp"],
+                 "b_exchange_vs_bare": med["exchange"] / med["bare"],
+                 "c_sim_vs_gloo_allreduce_sgd": med["sim_allreduce_sgd"] / med["allreduce_sgd"],
+                 "c_sim_vs_gloo_dpsgd": med["sim_dpsgd"] / med["dpsgd"]}
+        results["procs"][str(n)] = entry
+        ms = {k: 1e3 * v for k, v in med.items()}
+        print(f"n={n}  (a) allreduce_sgd {ms['allreduce_sgd']:.2f} ms/it  DDP {ms['ddp']:.2f}  "
+              f"ratio {entry['a_allreduce_sgd_vs_ddp']:.3f}\n"
+              f"     (b) exchange {ms['exchange']:.3f} ms/call  bare batch_isend_irecv {ms['bare']:.3f}  "
+              f"ratio {entry['b_exchange_vs_bare']:.3f}\n"
+              f"     (c) sim allreduce_sgd {ms['sim_allreduce_sgd']:.2f} ms/it vs gloo {ms['allreduce_sgd']:.2f} "
+              f"(ratio {entry['c_sim_vs_gloo_allreduce_sgd']:.3f}); sim dpsgd {ms['sim_dpsgd']:.2f} vs gloo "
+              f"{ms['dpsgd']:.2f} (ratio {entry['c_sim_vs_gloo_dpsgd']:.3f})", flush=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""One rank of a multi-process test over gloo: ``python tests/dist_driver.py SPEC.json``.
+
+The test (tests/test_dist_backend.py) starts one such process per rank with RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would. SPEC says what to run:
+
+    {"comm_script": "out.pt" | null,     # run comm_script() on a DistCommunicator, save results
+     "cases": [{"overrides": [...], "run_dir": "..."}, ...],   # Trainer runs, backend=torch
+     "own_group": true}                  # init the process group here once for everything;
+                                         # false: each Trainer's backend joins and leaves it
+
+After each case, every rank saves its final flat parameters to run_dir/params_<rank>.pt.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from distlib.comm.base import Communicator
+
+
+def comm_script(comm: Communicator) -> dict[str, torch.Tensor]:
+    """Every Communicator call once, on any backend; returns what each produced."""
+    r, n = comm.rank, comm.world_size
+    nxt, prv = (r + 1) % n, (r - 1) % n
+    x = torch.arange(5, dtype=torch.float32) + r
+    out = {f"all_reduce_{op}": comm.all_reduce(x.clone(), op=op) for op in ("sum", "mean", "max", "min")}
+    out["broadcast"] = comm.broadcast(x.clone(), src=n - 1)
+    out["all_gather"] = torch.stack(comm.all_gather(x[:3] * 2))
+    got = comm.exchange(x, [nxt, prv])
+    out["exchange"] = torch.stack([got[p] for p in sorted(got)])
+    # Blocking send/recv around the ring; even ranks send first, so no order can deadlock.
+    buf = torch.empty(2)
+    if r % 2 == 0:
+        comm.send(torch.full((2,), 10.0 * r), nxt, tag=3)
+        comm.recv(buf, prv, tag=3)
+    else:
+        comm.recv(buf, prv, tag=3)
+        comm.send(torch.full((2,), 10.0 * r), nxt, tag=3)
+    out["send_recv"] = buf.clone()
+    # Non-blocking, tags matched out of order; the sender changes its tensor at once.
+    msg = torch.full((3,), 100.0 * r)
+    sends = [comm.isend(msg, nxt, tag=1)]
+    msg.add_(1)
+    sends.append(comm.isend(msg, nxt, tag=2))
+    msg.add_(1)
+    b1, b2 = torch.zeros(3), torch.zeros(3)
+    h2, h1 = comm.irecv(b2, prv, tag=2), comm.irecv(b1, prv, tag=1)
+    comm.barrier()      # the simulator runs the senders here; polling alone never yields
+    deadline = time.monotonic() + 20
+    while not h2.is_completed():
+        assert time.monotonic() < deadline, "irecv never completed"
+        time.sleep(0.001)
+    h2.wait()           # completed: wait() returns at once (and fills b2 on the simulator)
+    h1.wait()
+    for s in sends:
+        s.wait()
+    out["isend_irecv"] = torch.stack([b1, b2])
+    with comm.uncounted():      # measurement traffic: must not show in the counters
+        comm.all_reduce(torch.ones(100))
+    c = comm.counters
+    out["counters"] = torch.tensor([c.bytes_sent, c.bytes_recv, c.messages_sent])
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    sys.path.insert(0, str(Path(__file__).parent))
+    import torch.distributed as dist
+    from conftest import make_cfg
+    from distlib.comm.dist import DistCommunicator
+    from distlib.trainer import Trainer
+
+    if spec.get("own_group", True):
+        dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    try:
+        if spec.get("comm_script"):
+            res = comm_script(DistCommunicator(timeout_s=60))
+            torch.save(res, f"{spec['comm_script']}.{dist.get_rank()}")
+        for case in spec.get("cases", []):
+            trainer = Trainer(make_cfg(*case["overrides"]), case["run_dir"])
+            trainer.run()
+            for rank, worker in trainer.workers.items():
+                torch.save(worker.flat_params().clone(), Path(case["run_dir"]) / f"params_{rank}.pt")
+    finally:
+        if dist.is_initialized() and spec.get("own_group", True):
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Asynchronous training: the parameter server and AD-PSGD on the simulated backend (and gloo).
+
+Virtual time is deterministic here because every run models compute (cluster.step_time_s).
+AD-PSGD's protocol tests drive the Strategy directly on a SimWorld with a tiny tensor per
+worker (no model, no data), so 10,000 steps take seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from algorithms.ad_psgd import ADPSGD, bipartite_split
+from algorithms.async_ps import PUSH, TAG_PUSH
+from conftest import TINY, make_cfg, run_training
+from distlib.comm.sim import SimCommunicator, SimWorld
+from distlib.strategy import Context
+from distlib.topology.graphs import ring, torus
+from distlib.topology.random_graphs import erdos_renyi
+from distlib.topology.topology import Topology
+
+STRAGGLER = ("workers=4", "cluster.speeds=[1,1,1,0.25]", "cluster.step_time_s=0.01", "checkpoint.enabled=false")
+
+
+def _run(tmp_path: Path, *overrides: str):
+    return run_training(make_cfg(*TINY, *overrides), tmp_path)
+
+
+# -- the asynchronous parameter server ------------------------------------------------------------
+def test_async_ps_beats_allreduce_with_a_straggler_and_the_straggler_contributes_a_quarter(tmp_path: Path) -> None:
+    steps = 40
+    tr, ps = _run(tmp_path / "ps", "algorithm=async_ps", f"max_steps={steps}", *STRAGGLER)
+    _, ar = _run(tmp_path / "ar", "algorithm=allreduce_sgd", f"max_steps={steps}", *STRAGGLER)
+    applied = tr.strategies[4].applied       # rank 4 is the server
+    assert sum(applied) == 4 * steps          # the same number of samples as the synchronous run
+    # AllReduce waits for the slow worker every step: steps * 0.01 / 0.25 of virtual time.
+    assert ar["time"]["virtual_s"] == pytest.approx(steps * 0.01 / 0.25)
+    assert ar["time"]["virtual_s"] >= 2 * ps["time"]["virtual_s"]
+    assert applied[3] / np.mean(applied[:3]) == pytest.approx(0.25, rel=0.10)
+
+
+def _independent_staleness(events: list[tuple[int, float]], budget: int) -> list[int]:
+    """From the server's event order alone: a gradient's staleness is the number of gradients
+    the server applied between the worker's previous request (its pull) and this push."""
+    applied_total, at_pull, out = 0, {}, []
+    for src, kind in events:
+        if kind == PUSH and applied_total < budget:
+            out.append(applied_total - at_pull[src])
+            applied_total += 1
+        at_pull[src] = applied_total
+    return out
+
+
+def test_async_ps_staleness_is_workers_minus_one_and_matches_the_event_order(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[int, float]] = []
+    original = SimCommunicator.recv_any
+
+    def spy(self, tensor, srcs, tag=0, poll=False):
+        src = original(self, tensor, srcs, tag, poll)
+        if tag == TAG_PUSH:
+            events.append((src, float(tensor[0])))
+        return src
+    monkeypatch.setattr(SimCommunicator, "recv_any", spy)
+    n, steps = 4, 30
+    tr, summary = _run(tmp_path, "algorithm=async_ps", f"workers={n}", f"max_steps={steps}",
+                       "cluster.step_time_s=0.01", "checkpoint.enabled=false")
+    expected = _independent_staleness(events, n * steps)
+    logged = summary["history"][-1]
+    assert tr.strategies[0].staleness == expected        # every rank holds the server's record after finish
+    assert logged["staleness_mean"] == pytest.approx(np.mean(expected))
+    assert logged["staleness_max"] == max(expected)
+    assert logged["staleness_mean"] == pytest.approx(n - 1, abs=0.1)   # round robin, after the first round
+
+
+# -- AD-PSGD on a bare SimWorld ------------------------------------------------------------------
+class _TinyWorker:
+    """The slice of Worker that AD-PSGD touches: a flat tensor, its gradient, an SGD step."""
+
+    def __init__(self, x: torch.Tensor, lr: float) -> None:
+        self.x, self.g, self.lr = x, torch.zeros_like(x), lr
+        self.num_params = x.numel()
+
+    def flat_params(self) -> torch.Tensor:
+        return self.x
+
+    def flat_grad(self) -> torch.Tensor:
+        return self.g
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
+    def optimizer_step(self) -> None:
+        self.x.sub_(self.lr * self.g)
+
+
+class _Recording(ADPSGD):
+    """AD-PSGD that records each averaging from both sides (the test's witness)."""
+
+    def __init__(self, log: list) -> None:
+        super().__init__()
+        self.log = log
+
+    def _average_with(self, ctx: Context, j: int) -> None:
+        before = ctx.worker.flat_params().clone()
+        super()._average_with(ctx, j)
+        self.log.append(("active", ctx.rank, j, before, ctx.worker.flat_params().clone()))
+
+    def _average_in(self, x: torch.Tensor, x_i: torch.Tensor, i: int, j: int) -> None:
+        before = x.clone()
+        super()._average_in(x, x_i, i, j)
+        self.log.append(("passive", j, i, before, x.clone(), x_i.clone()))
+
+
+def _adpsgd_run(graph, steps: int, seed: int = 0, lr: float = 0.0, speeds=None):
+    """Run AD-PSGD on ``graph`` for a budget of n * steps gradients of f_i(x) = |x - i|^2 / 2."""
+    n = graph.n
+    world = SimWorld(n)
+    log: list = []
+    strategies = [_Recording(log) for _ in range(n)]
+    speeds = speeds or list(np.random.default_rng(seed).uniform(0.3, 1.0, n))
+    topo = Topology(graph)
+
+    def body(r: int) -> tuple[torch.Tensor, int]:
+        comm = world.comms[r]
+        comm.measure_compute, comm.speed = False, float(speeds[r])
+        worker = _TinyWorker(torch.full((2,), float(r), dtype=torch.float64), lr)
+        ctx = Context(worker, comm, topo, total_steps=steps, extras={"seed": seed, "lr_at": lambda e: lr})  # type: ignore[arg-type]
+        st = strategies[r]
+        st.setup(ctx)
+        while True:
+            if not st.keep_training(ctx):
+                break
+            st.before_step(ctx)
+            worker.g.copy_(worker.x - r)      # gradient of f_r at the current (soon older) x_r
+            comm.add_compute(1e-3)
+            st.after_backward(ctx)
+            st.local_update(ctx)
+            ctx.step += 1
+        st.finish(ctx)
+        return worker.x, ctx.step
+    out = world.run(body)
+    return [x for x, _ in out], [s for _, s in out], log
+
+
+@pytest.mark.parametrize("graph", [ring(8), ring(7), torus(9), erdos_renyi(8, p=0.4, seed=1)],
+                         ids=["ring8", "odd_ring7", "torus3x3", "erdos_renyi8"])
+def test_adpsgd_no_deadlock_over_10000_steps_and_every_averaging_keeps_the_pair_mean(graph) -> None:
+    xs, steps, log = _adpsgd_run(graph, steps=10_000 // graph.n + 1)
+    assert sum(steps) >= 10_000
+    # lr = 0: averaging alone; the sum over workers is conserved and they reach consensus
+    total = torch.stack(xs).sum(0)
+    assert torch.allclose(total, torch.full((2,), float(sum(range(graph.n))), dtype=torch.float64))
+    assert float(torch.stack(xs).std(0).max()) < 1e-6
+    passive = [e for e in log if e[0] == "passive"]
+    active = {}
+    for e in log:
+        if e[0] == "active":
+            active.setdefault((e[1], e[2]), []).append(e)
+    seen = {}
+    for _, j, i, xj_before, xj_after, xi_sent in passive:
+        k = seen[(i, j)] = seen.get((i, j), -1) + 1
+        _, _, _, xi_before, xi_after = active[(i, j)][k]
+        assert torch.equal(xi_sent, xi_before)                # i sent its current x_i
+        assert torch.equal(xi_after, xj_after)                # both end with the same value ...
+        assert torch.allclose(xi_after + xj_after, xi_before + xj_before, rtol=0, atol=1e-12)  # ... the pair mean
+    assert len(passive) == sum(len(v) for v in active.values()) > 0
+
+
+def test_adpsgd_only_pairs_across_the_bipartite_split() -> None:
+    g = erdos_renyi(10, p=0.5, seed=3)
+    active = bipartite_split(g)
+    _, _, log = _adpsgd_run(g, steps=50)
+    assert all(active[e[1]] and not active[e[2]] for e in log if e[0] == "active")
+
+
+def test_adpsgd_is_deterministic_under_a_seed_and_depends_on_it() -> None:
+    g = erdos_renyi(8, p=0.4, seed=2)
+    a, b, c = (_adpsgd_run(g, steps=200, seed=s, lr=0.05) for s in (0, 0, 1))
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and a[1] == b[1]
+    assert [(e[1], e[2]) for e in a[2]] == [(e[1], e[2]) for e in b[2]]
+    assert [(e[1], e[2]) for e in a[2]] != [(e[1], e[2]) for e in c[2]]
+
+
+# -- convergence on logistic regression ----------------------------------------------------------
+CONVEX = ("dataset=synthetic", "dataset.samples=600", "dataset.dim=5", "model=linear", "optim.momentum=0.0",
+          "optim.weight_decay=0.01", "optim.lr=0.5", "batch_size=20", "epochs=30", "optim.milestones=[15,25]",
+          "log.progress=false", "log.tensorboard=false", "eval.per_worker=false", "checkpoint.enabled=false",
+          "cluster.step_time_s=0.01", "seed=1")
+
+
+def _objective(params: np.ndarray, x: np.ndarray, y: np.ndarray, wd: float, k: int) -> float:
+    """Mean cross-entropy of the linear model + wd/2 |params|^2 (what SGD with weight decay minimises)."""
+    d = x.shape[1]
+    w, b = params[:k * d].reshape(k, d), params[k * d:]
+    z = x @ w.T + b
+    z = z - z.max(1, keepdims=True)
+    ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
+    return float(ce + wd / 2 * (params ** 2).sum())
+
+
+def _optimum(trainer) -> float:
+    """Full-batch minimum by L-BFGS, independently of the library."""
+    tr = trainer.dataset.train
+    x, y, k = tr.x.double().numpy(), tr.y.numpy(), trainer.dataset.num_classes
+    p0 = np.zeros(k * x.shape[1] + k)
+    return float(minimize(_objective, p0, args=(x, y, 0.01, k), method="L-BFGS-B", tol=1e-12).fun)
+
+
+def _final_objective(trainer, params: torch.Tensor) -> float:
+    tr = trainer.dataset.train
+    return _objective(params.double().numpy(), tr.x.double().numpy(), tr.y.numpy(), 0.01, trainer.dataset.num_classes)
+
+
+@pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
+def test_converges_within_one_percent_of_the_optimum_on_the_simulator(tmp_path: Path, algo: str) -> None:
+    tr, _ = run_training(make_cfg(*CONVEX, f"algorithm={algo}", "workers=3", "topology=ring"), tmp_path)
+    # After finish every rank of async_ps holds the server's x; AD-PSGD is judged by the average model.
+    xbar = torch.stack([tr.workers[r].flat_params() for r in range(3)]).mean(0)
+    assert _final_objective(tr, xbar) <= 1.01 * _optimum(tr)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_overrides(algo: str) -> list[str]:
+    # async_ps: 2 workers + the server = 3 processes; ad_psgd: 3 workers
+    workers = 2 if algo == "async_ps" else 3
+    return [*CONVEX, f"algorithm={algo}", f"workers={workers}", "topology=ring"]
+
+
+@pytest.fixture(scope="module")
+def gloo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One job of 3 gloo processes (tests/dist_driver.py) that runs both algorithms in turn."""
+    tmp = tmp_path_factory.mktemp("gloo")
+    cases = [{"overrides": [*_gloo_overrides(a), "backend=torch", "backend.dist=gloo", "backend.timeout_s=60"],
+              "run_dir": str(tmp / a)} for a in ("async_ps", "ad_psgd")]
+    spec = tmp / "spec.json"
+    spec.write_text(json.dumps({"cases": cases, "own_group": True, "comm_script": None}))
+    port, driver = _free_port(), Path(__file__).with_name("dist_driver.py")
+    procs = [subprocess.Popen([sys.executable, str(driver), str(spec)], cwd=tmp, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT,
+                              env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="3",
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"))
+             for r in range(3)]
+    try:
+        outs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outs)
+    return tmp
+
+
+@pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
+def test_converges_within_one_percent_of_the_optimum_on_three_gloo_processes(gloo_runs: Path, algo: str) -> None:
+    from distlib.trainer import Trainer
+    overrides = _gloo_overrides(algo)
+    tr = Trainer(make_cfg(*overrides), gloo_runs / "ref")     # the same data, for the optimum
+    workers = 2 if algo == "async_ps" else 3
+    params = [torch.load(gloo_runs / algo / f"params_{r}.pt") for r in range(workers)]
+    assert _final_objective(tr, torch.stack(params).mean(0)) <= 1.01 * _optimum(tr)

@@ -1,0 +1,297 @@
+"""Checkpoints: a resumed run is the same run; files survive crashes; unsafe files are refused.
+
+The simulated-backend tests interrupt a run (an exception right after a checkpoint, or a
+shorter ``max_steps``), resume it, and compare with an uninterrupted run of the same config:
+every worker's parameters bit for bit, summary.json, and the TensorBoard curves. The gloo
+tests (tests/test_checkpoint_dist.py) do the same across real processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, make_cfg, run_training
+
+from distlib import checkpoint as ckpt
+from distlib.errors import CheckpointError, DivergenceError
+from distlib.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 4 workers, 5 steps per epoch; dropout (the per-worker RNG), momentum (optimizer state), a
+# network model and a fixed step time (clocks and byte counters), evaluations that do not fall
+# on checkpoints (the running train-loss sum), TensorBoard on.
+RUN = (*TINY, "workers=4", "model.dropout=0.3", "network=gigabit", "cluster.step_time_s=0.01",
+       "eval_every=3", "checkpoint.every=4", "log.tensorboard=true")
+STEPS = 13
+
+#: One line per algorithm: its overrides. Checkpoints fall at steps 4, 5 (epoch end), 8, 10, 12, 13.
+ALGORITHMS = {
+    "allreduce_sgd": ["algorithm=allreduce_sgd"],
+    "dpsgd": ["algorithm=dpsgd", "topology=ring"],
+    "dpsgd_cta": ["algorithm=dpsgd", "algorithm.form=cta", "topology=torus"],
+    "local_sgd": ["algorithm=local_sgd", "algorithm.period=3"],
+    "matcha": ["algorithm=matcha", "topology=erdos_renyi", "topology.p=0.7"],
+    "matcha_schedule": ["algorithm=matcha", "topology=schedule", "topology.every=3"],
+    "al_dsgd": ["algorithm=al_dsgd", "topology=ring"],
+    "al_dsgd_matcha": ["algorithm=al_dsgd", "algorithm.base=matcha", "topology=regular"],
+}
+# Asynchronous algorithms (async_ps, ad_psgd) refuse to checkpoint and to resume: no step is
+# common to all workers (see docs/checkpoints.md); test_asynchronous_runs_refuse_to_resume.
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def params(trainer) -> dict[int, torch.Tensor]:
+    return {r: w.flat_params().detach().clone() for r, w in sorted(trainer.workers.items())}
+
+
+def comparable(summary: dict) -> dict:
+    """summary.json without what legitimately differs: wall time and the resume setting itself."""
+    s = json.loads(json.dumps(summary))
+    s.pop("time", None)
+    s["config"].pop("resume", None)
+    for h in s["history"]:
+        h.pop("wall_s", None)
+    return s
+
+
+def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+            for tag in acc.Tags()["scalars"] if tag != "time/wall_s"}
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(monkeypatch, calls: int) -> None:
+    """Make worker 1's ``calls``-th forward pass raise: the run dies mid-epoch."""
+    seen = {"n": 0}
+    original = Worker.forward_backward
+
+    def forward_backward(self):
+        if self.rank == 1:
+            seen["n"] += 1
+            if seen["n"] == calls:
+                raise Crash(f"injected crash at step {calls - 1}")
+        return original(self)
+    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+
+
+# -- resume equality ---------------------------------------------------------------------------
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algo):
+    """Crash at step 7 (after the step-5 checkpoint), ``resume=true`` in the same run dir."""
+    overrides = (*RUN, *ALGORITHMS[algo], f"max_steps={STEPS}")
+    whole, whole_summary = run_training(make_cfg(*overrides), tmp_path / "whole")
+
+    crash_after(monkeypatch, 8)
+    with pytest.raises(Crash):
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    assert ckpt.complete_steps(tmp_path / "split" / "checkpoints") == [5]
+    monkeypatch.undo()
+    resumed, resumed_summary = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+
+    for r, x in params(whole).items():
+        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
+    assert comparable(resumed_summary) == comparable(whole_summary)
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["steps"] == STEPS
+    assert tb_scalars(tmp_path / "split") == tb_scalars(tmp_path / "whole")
+
+
+def test_resume_trains_further_into_a_new_run_dir(tmp_path):
+    """Stop at max_steps=9, resume from that run's directory with max_steps=13.
+
+    (9 is an evaluation step: a run stopped by max_steps elsewhere evaluates once more at its
+    end, and that record stays in the history.)"""
+    base = (*RUN, *ALGORITHMS["dpsgd"])
+    whole, whole_summary = run_training(make_cfg(*base, f"max_steps={STEPS}"), tmp_path / "whole")
+    run_training(make_cfg(*base, "max_steps=9", "checkpoint.keep=2"), tmp_path / "first")
+    assert ckpt.complete_steps(tmp_path / "first" / "checkpoints") == [8, 9]      # keep=2
+    resumed, summary = run_training(make_cfg(*base, f"max_steps={STEPS}", f"resume={tmp_path / 'first'}"),
+                                    tmp_path / "second")
+    for r, x in params(whole).items():
+        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
+    assert comparable(summary) == comparable(whole_summary)
+    assert tb_scalars(tmp_path / "second") == tb_scalars(tmp_path / "whole")
+
+
+def test_checkpoint_holds_the_running_state(tmp_path):
+    """The files hold every worker's state as plain data, equal to the live objects at the end."""
+    trainer, summary = run_training(make_cfg(*RUN, *ALGORITHMS["dpsgd"], "max_steps=5"), tmp_path)
+    where = ckpt.find(tmp_path)
+    assert where.name == "step_00000005"
+    meta = ckpt.load_file(where / ckpt.META)
+    assert meta["step"] == 5 and meta["world_size"] == 4 and json.loads(meta["config"])["workers"] == 4
+    assert [(h["step"], h["train_loss"]) for h in meta["logger"]["history"]] == \
+        [(h["step"], h["train_loss"]) for h in summary["history"]]
+    (shard,) = ckpt.shards(where)
+    states = ckpt.load_file(shard)["ranks"]
+    assert sorted(states) == [0, 1, 2, 3]
+    for r, st in states.items():
+        live = trainer.workers[r]
+        for k, v in live.model.state_dict().items():
+            assert torch.equal(st["worker"]["model"][k], v), (r, k)
+        assert st["worker"]["batches"]["pos"] == live.batches._pos
+        assert torch.equal(st["worker"]["batches"]["gen"], live.batches.gen.get_state())
+        assert st["loop"]["step"] == 5 and st["rng"]["cpu"].dtype == torch.uint8
+        assert st["counters"]["bytes_sent"] == summary["comm"]["bytes_sent_per_worker"][r]
+    assert max(st["counters"]["clock"] for st in states.values()) == summary["history"][-1]["virtual_s"]
+
+
+# -- refusing what cannot be resumed -------------------------------------------------------------
+class _Payload:
+    """Unpickling this runs code: it would create the file named in ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_checkpoint_whose_pickle_runs_code_is_refused(tmp_path):
+    run_training(make_cfg(*TINY, "workers=2", "max_steps=3"), tmp_path / "run")
+    where = ckpt.find(tmp_path / "run")
+    marker = tmp_path / "pwned.txt"
+    meta = ckpt.load_file(where / ckpt.META)
+    meta["logger"]["history"].append(_Payload(str(marker)))     # hidden deep inside
+    torch.save(meta, where / ckpt.META)
+    torch.load(where / ckpt.META, weights_only=False)   # an unsafe load really runs the payload
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+    from distlib.trainer import Trainer
+    with pytest.raises(CheckpointError, match=r"resume: refusing .*meta.pt: it holds Python objects") as e:
+        Trainer(make_cfg(*TINY, "workers=2", "max_steps=6", f"resume={where}"), tmp_path / "next")
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_incompatible_checkpoints_are_refused_with_the_reason(tmp_path):
+    from distlib.trainer import Trainer
+    run_training(make_cfg(*TINY, "workers=2", "max_steps=3"), tmp_path / "run")
+    cases = [
+        (["workers=4"], r"has 2 workers but this run has 4"),
+        (["workers=2", "algorithm=allreduce_sgd"], r"algorithm.name='dpsgd' in the checkpoint but "
+                                                   r"'allreduce_sgd' now"),
+        (["workers=2", "optim.lr=0.5"], r"optim.lr=0.05 in the checkpoint but 0.5 now"),
+        (["workers=2", "max_steps=2"], r"is at step 3, beyond this run's 2 steps"),
+    ]
+    for overrides, message in cases:
+        cfg = make_cfg(*TINY, *overrides, f"resume={tmp_path / 'run'}")
+        with pytest.raises(CheckpointError, match=message):
+            Trainer(cfg, tmp_path / "next")
+    with pytest.raises(CheckpointError, match=r"resume=true: no complete checkpoint in"):
+        Trainer(make_cfg(*TINY, "workers=2", "resume=true"), tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"resume: no complete checkpoint at"):
+        Trainer(make_cfg(*TINY, "workers=2", f"resume={tmp_path / 'nowhere'}"), tmp_path / "next")
+    # Changing only what a resume may change is accepted.
+    Trainer(make_cfg(*TINY, "workers=2", "max_steps=9", "eval_every=2", "log.progress=true",
+                     f"resume={tmp_path / 'run'}"), tmp_path / "next")
+    # auto: resumes when there is a checkpoint, starts fresh when there is none.
+    assert Trainer(make_cfg(*TINY, "workers=2", "max_steps=9", "resume=auto"), tmp_path / "run").checkpointer.source
+    assert Trainer(make_cfg(*TINY, "workers=2", "resume=auto"), tmp_path / "empty").checkpointer.source is None
+
+
+def test_plain_converts_numpy_and_names_what_it_refuses():
+    out = ckpt.plain({"a": np.arange(3), "b": [np.float32(1.5), (np.int64(2),)], "g": torch.ones(2)})
+    assert torch.equal(out["a"], torch.arange(3)) and out["b"] == [1.5, (2,)]
+    with pytest.raises(TypeError, match=r"state.s\[1\]: .* got object"):
+        ckpt.plain({"s": [1, object()]})
+
+
+# -- divergence ----------------------------------------------------------------------------------
+DIVERGING = (*TINY, "dataset=synthetic_regression", "workers=4", "optim.lr=0.9", "max_steps=60",
+             "checkpoint.every=2", "eval_every=2")
+
+
+def test_diverging_lr_stops_with_worker_step_and_last_finite_loss(tmp_path):
+    with pytest.raises(DivergenceError) as e:
+        run_training(make_cfg(*DIVERGING), tmp_path)
+    msg = str(e.value)
+    import re
+    m = re.fullmatch(r"loss became (nan|inf) on worker (\d) at step (\d+) \(last finite loss ([0-9.e+]+)\); "
+                     r"lower optim.lr", msg)
+    assert m, msg
+    step, last = int(m.group(3)), float(m.group(4))
+    assert last > 1e6        # it really was blowing up
+    # The last good checkpoint is kept: complete, before the failing step, finite everywhere.
+    where = ckpt.find(tmp_path)
+    meta = ckpt.load_file(where / ckpt.META)
+    assert meta["step"] <= step
+    for st in ckpt.load_file(ckpt.shards(where)[0])["ranks"].values():
+        assert all(torch.isfinite(t).all() for t in st["worker"]["model"].values())
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
+
+
+def test_divergence_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    from distlib import cli
+    monkeypatch.setattr(sys, "argv", ["distlib-train", *DIVERGING, f"hydra.run.dir={tmp_path}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diverged: loss became") and "last finite loss" in err[0]
+    assert ckpt.find(tmp_path) is not None
+
+
+# -- crash safety -------------------------------------------------------------------------------
+WRITER = r"""
+import io, sys, time, torch
+from pathlib import Path
+from distlib import checkpoint as ckpt
+torch.set_num_threads(1)
+real_save = torch.save
+def slow_save(obj, f):      # many small writes with pauses, so a kill lands mid-file
+    buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
+    for i in range(0, len(data), 8192):
+        f.write(data[i:i + 8192]); f.flush(); time.sleep(0.002)
+ckpt.torch.save = slow_save
+root = Path(sys.argv[1])
+for step in range(1, 10**6):
+    part = ckpt.begin(root, step)
+    ckpt.save_file({"format": 1, "ranks": {0: {"x": torch.full((40000,), float(step))}}},
+                   part / ckpt.shard_name([0]))
+    ckpt.save_file({"format": 1, "step": step, "world_size": 1}, part / ckpt.META)
+    ckpt.commit(root, step, world_size=1, keep=1)
+    print(step, flush=True)
+"""
+
+
+def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    rng = random.Random(0)
+    interrupted_mid_write = 0
+    for attempt in range(3):
+        root = tmp_path / f"ckpts{attempt}"
+        proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            assert proc.stdout.readline().strip() == "1"       # one checkpoint is complete
+            time.sleep(rng.uniform(0.05, 0.6))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        where = ckpt.find(root)
+        assert where is not None
+        meta = ckpt.load_file(where / ckpt.META)
+        (shard,) = ckpt.shards(where)
+        x = ckpt.load_file(shard)["ranks"][0]["x"]
+        assert torch.equal(x, torch.full((40000,), float(meta["step"])))
+        assert ckpt.complete_steps(root) == [meta["step"]]
+        interrupted_mid_write += bool(list(root.glob("*.partial")))
+    assert interrupted_mid_write >= 1      # the kills did land while a checkpoint was being written

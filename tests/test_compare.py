@@ -1,0 +1,96 @@
+"""distlib-compare on tiny runs made here: its table equals means computed from the summary files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, make_cfg, run_training
+from distlib.compare import compare, group_runs, load_runs
+from distlib.compare.report import main
+
+GRID = [(algo, topo, seed) for algo in ("dpsgd", "allreduce_sgd") for topo in ("ring", "complete")
+        for seed in (0, 1, 2)]
+TARGET = 0.7
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """12 tiny runs laid out like a Hydra multirun folder (one numbered folder per job)."""
+    root = tmp_path_factory.mktemp("multirun")
+    for i, (algo, topo, seed) in enumerate(GRID):
+        cfg = make_cfg(*TINY, f"algorithm={algo}", f"topology={topo}", f"seed={seed}", "workers=4",
+                       "max_steps=12", "eval_every=3", "optim.lr=0.2", "init=per_worker")
+        run_training(cfg, root / str(i))
+    return root
+
+
+def _independent(root: Path) -> dict[tuple[str, str], dict[str, list]]:
+    """Per (algorithm, topology): the seeds' raw numbers, read straight from the json files."""
+    out: dict = {}
+    for path in root.rglob("summary.json"):
+        s = json.loads(path.read_text())
+        d = out.setdefault((s["algorithm"], s["topology"]), {"acc": [], "loss": [], "bytes": [], "hit": []})
+        d["acc"].append(s["final"]["test_accuracy"])
+        d["loss"].append(s["final"]["train_loss"])
+        d["bytes"].append(s["history"][-1]["bytes_sent"])
+        d["hit"] += [next(h["step"] for h in s["history"] if h["test_accuracy"] >= TARGET)] \
+            if any(h["test_accuracy"] >= TARGET for h in s["history"]) else []
+    return out
+
+
+def test_groups_are_algorithm_by_setting_with_seeds_averaged(sweep):
+    groups = group_runs(load_runs([sweep]))
+    assert {(g.algorithm, g.setting) for g in groups} == {(a, f"topology={t}") for a, t, _ in GRID}
+    assert all(sorted(g.seeds) == [0, 1, 2] for g in groups)
+
+
+def test_table_numbers_equal_independent_means(sweep, tmp_path):
+    res = compare([sweep], tmp_path / "report", target=TARGET)
+    table = json.loads((tmp_path / "report" / "table.json").read_text())
+    md = (tmp_path / "report" / "table.md").read_text()
+    ref = _independent(sweep)
+    assert len(table) == len(ref) == 4
+    for row in table:
+        d = ref[(row["algorithm"], row["setting"].split("=")[1])]
+        for key, vals in (("final_test_accuracy", d["acc"]), ("final_train_loss", d["loss"]),
+                          ("bytes_sent", d["bytes"])):
+            assert row[key]["mean"] == pytest.approx(np.mean(vals), rel=1e-12, abs=1e-12)
+            assert row[key]["std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-9, abs=1e-12)
+        assert row["steps_to_target"]["n"] == len(d["hit"])
+        if d["hit"]:
+            assert row["steps_to_target"]["mean"] == pytest.approx(np.mean(d["hit"]))
+        # The markdown shows the same accuracy, in percent with two decimals.
+        acc = f"{100 * np.mean(d['acc']):.2f} ± {100 * np.std(d['acc'], ddof=1):.2f}"
+        assert any(row["algorithm"] in line and acc in line for line in md.splitlines())
+    # D-PSGD on a ring sends less than on the complete graph; all-reduce is topology-free.
+    by = {(r["algorithm"], r["setting"]): r["bytes_sent"]["mean"] for r in table}
+    assert by[("dpsgd", "topology=ring")] < by[("dpsgd", "topology=complete")]
+    # One PNG per setting for accuracy, train loss and consensus.
+    names = sorted(p.name for p in res["figures"])
+    assert names == sorted(f"topology={t}__{q}.png" for t in ("complete", "ring")
+                           for q in ("test_accuracy", "train_loss", "consensus"))
+    for p in res["figures"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_cli_walks_a_real_hydra_multirun_folder(tmp_path):
+    """``distlib-train -m`` output, then the console entry point on the sweep folder."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "distlib.cli", "-m", *TINY, "algorithm=dpsgd", "seed=0,1", "workers=2",
+           "max_steps=4", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=240)
+    main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--no-plots"])
+    table = json.loads((tmp_path / "report" / "table.json").read_text())
+    assert [(r["algorithm"], sorted(r["seeds"])) for r in table] == [("dpsgd", [0, 1])]
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "nope")])
+    assert e.value.code == 2

@@ -1,0 +1,82 @@
+"""The embedded MNIST digits, the synthetic tasks, partitions and the mini-batch stream."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distlib.data import DATASETS, Batches, partition
+from distlib.errors import ConfigError
+
+
+def test_embedded_mnist():
+    ds = DATASETS.build("mnist", {})
+    assert (len(ds.train), len(ds.test), ds.input_shape, ds.num_classes) == (4000, 1000, (1, 28, 28), 10)
+    labels = torch.cat([ds.train.y, ds.test.y])
+    assert torch.bincount(labels).tolist() == [500] * 10           # 500 digits per class
+    x = torch.cat([ds.train.x, ds.test.x])
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.1   # normalised like torchvision
+    again = DATASETS.build("mnist", {"split_seed": 0})
+    assert torch.equal(again.test.y, ds.test.y)
+    other = DATASETS.build("mnist", {"split_seed": 1})
+    assert not torch.equal(other.test.y, ds.test.y)
+
+
+def test_synthetic_tasks_are_learnable_and_deterministic():
+    a, b = DATASETS.build("synthetic", {}), DATASETS.build("synthetic", {})
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.train.y, b.train.y)
+    assert (len(a.train), len(a.test), a.input_shape, a.num_classes) == (3200, 800, (20,), 2)
+    r = DATASETS.build("synthetic_regression", {"noise": 0.1})
+    # least squares on the training set recovers a model with test error ~ noise^2
+    x, y = r.train.x.double(), r.train.y.double()
+    w = torch.linalg.lstsq(x, y).solution
+    mse = float(((r.test.x.double() @ w - r.test.y.double()) ** 2).mean())
+    assert r.num_classes == 0 and 0.005 < mse < 0.02
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
+def test_partitions_are_disjoint_and_cover(kind):
+    labels = np.repeat(np.arange(10), 100)
+    parts = partition(labels, 8, kind, alpha=0.5, seed=3)
+    allidx = np.concatenate(parts)
+    assert len(parts) == 8 and len(allidx) == 1000 and len(np.unique(allidx)) == 1000
+    again = partition(labels, 8, kind, alpha=0.5, seed=3)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again))
+
+
+def test_label_skew():
+    labels = np.repeat(np.arange(10), 200)
+
+    def skew(parts):   # mean over workers of the share of their most common class
+        return np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts if len(p)])
+
+    iid = partition(labels, 10, "iid", seed=0)
+    assert [len(p) for p in iid] == [200] * 10 and skew(iid) < 0.2
+    assert skew(partition(labels, 10, "dirichlet", alpha=0.1, seed=0)) > 0.5
+    assert skew(partition(labels, 10, "dirichlet", alpha=100.0, seed=0)) < 0.2
+    shards = partition(labels, 10, "shards", shards_per_worker=2, seed=0)
+    assert all(len(np.unique(labels[p])) <= 2 for p in shards)
+
+
+def test_partition_errors():
+    with pytest.raises(ConfigError, match="dataset.partition: unknown 'zipf'"):
+        partition(np.zeros(10, dtype=int), 2, "zipf")
+    with pytest.raises(ConfigError, match="dataset.alpha: must be > 0"):
+        partition(np.zeros(10, dtype=int), 2, "dirichlet", alpha=0)
+
+
+def test_batches_cover_each_pass_and_restore():
+    ds = DATASETS.build("synthetic", {"samples": 100})
+    idx = np.arange(0, 80, 2)          # a shard of 40 samples
+    b = Batches(ds.train, idx, 8, seed=1)
+    first = torch.cat([b.next()[0] for _ in range(5)])               # one full pass
+    shard = ds.train.x[torch.as_tensor(idx)]
+    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, shard.tolist()))
+    state = b.state_dict()
+    nxt = [b.next()[1] for _ in range(7)]
+    b.load_state_dict(state)
+    assert all(torch.equal(u, v) for u, v in zip(nxt, [b.next()[1] for _ in range(7)]))
+    c = Batches(ds.train, idx, 8, seed=1)
+    assert torch.equal(torch.cat([c.next()[0] for _ in range(5)]), first)
+    d = Batches(ds.train, idx, 8, seed=2)
+    assert not torch.equal(torch.cat([d.next()[0] for _ in range(5)]), first)

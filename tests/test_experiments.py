@@ -1,0 +1,61 @@
+"""Experiment presets (``+experiment=NAME``): each composes, keeps its published values, and its
+model, topology and strategy build; the model maps a tiny batch to logits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_cfg, run_training
+from distlib.config import validate
+from distlib.models import MODELS
+from distlib.topology import build_topology
+from distlib.trainer import _params, build_strategy
+
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
+#: input shapes of the datasets the presets use (so a test needs no CIFAR files)
+SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "mnist": ((1, 28, 28), 10)}
+
+
+def test_the_promised_presets_exist():
+    assert {"paper_cifar10_resnet50", "constrained_mnist"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_and_its_model_runs_a_tiny_batch(name):
+    cfg = make_cfg(f"+experiment={name}")
+    validate(cfg)
+    topology = build_topology(cfg.topology, cfg.workers)
+    assert topology.n == cfg.workers
+    build_strategy(cfg.algorithm)
+    shape, classes = SHAPES[cfg.dataset.name]
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model.name, _params(cfg.model), input_shape=shape, num_classes=classes)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, *shape))
+    assert out.shape == (2, classes) and torch.isfinite(out).all()
+
+
+def test_paper_preset_holds_the_published_values():
+    c = make_cfg("+experiment=paper_cifar10_resnet50")
+    assert (c.workers, c.seed, c.epochs, c.batch_size, c.init) == (8, 1234, 200, 16, "per_worker")
+    assert (c.optim.lr, c.optim.momentum, c.optim.weight_decay) == (0.4, 0.0, 5e-4)
+    assert (list(c.optim.milestones), c.optim.gamma) == ([100, 150], 0.1)
+    assert (c.algorithm.name, c.algorithm.base, c.algorithm.budget) == ("al_dsgd", "matcha", 0.5)
+    # the published command's AL-DSGD constants stay at the algorithm config's defaults
+    assert (c.algorithm.w_best, c.algorithm.w_degree, c.algorithm.pull_best, c.algorithm.pull_degree,
+            c.algorithm.period) == (0.3, 0.1, 0.2, 0.2, 1)
+    assert (c.model.name, c.dataset.name, c.dataset.download) == ("resnet50", "cifar10", True)
+
+
+def test_preset_is_overridable_from_the_command_line():
+    c = make_cfg("+experiment=paper_cifar10_resnet50", "algorithm=dpsgd", "topology=matcha_er8", "optim.lr=0.1")
+    assert (c.algorithm.name, c.topology.name, c.optim.lr, c.epochs) == ("dpsgd", "matcha_er8", 0.1, 200)
+
+
+def test_constrained_mnist_trains_a_few_steps(tmp_path):
+    cfg = make_cfg("+experiment=constrained_mnist", "max_steps=3", "log.progress=false", "log.tensorboard=false")
+    _, summary = run_training(cfg, tmp_path)
+    assert summary["steps"] == 3 and summary["algorithm"] == "al_dsgd" and summary["workers"] == 8
