@@ -44,7 +44,9 @@ class MATCHA(Strategy):
         return matcha_design(ctx.graph(), self.budget, self.decomposition, self.tol)
 
     def activations(self, ctx: Context) -> np.ndarray:
-        """Which matchings are active at this step: the same on every worker (shared seed and k)."""
+        """Which matchings are active at this step: the same on every worker (shared seed and k).
+
+        The seed is the Trainer's ``ctx.extras["seed"]`` (``seed_for(seed, "strategy")``); 0 if absent."""
         rng = np.random.default_rng([int(ctx.extras.get("seed", 0)), ctx.step])
         return self.design(ctx).active(rng)
 

@@ -11,8 +11,9 @@ For 2 and 4 processes, MLP (784-200-10) on the embedded MNIST, batch 32 per work
     this one process, against the gloo processes: seconds per iteration, ratio sim / gloo.
 
 Steady-state time only: a clock reading at the end of step ``warmup`` and of the last step.
-Every figure is measured in interleaved rounds and the median kept, so load from other
-programs slows all variants alike. Each process uses one thread.
+Every figure is measured in interleaved rounds; a ratio is the median over rounds of the
+ratio within a round, so load from other programs hits both sides alike. Each process uses
+one thread.
 
     python scripts/bench_dist.py [--procs 2 4] [--steps 200] [--rounds 3] [--out bench_results/bench_dist.json]
 """
@@ -185,13 +186,19 @@ def gloo_job(n: int, args: argparse.Namespace) -> dict:
         return json.loads(out.read_text())
 
 
+def _ratio(runs: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of the ratio within each round (the two ran back to back, under the
+    same load from other programs)."""
+    return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--calls", type=int, default=400, help="exchange calls per measurement")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="bench_results/bench_dist.json")
     ap.add_argument("--rank-main", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -211,11 +218,11 @@ def main() -> None:
                 runs[f"sim_{algo}"] = [framework(algo, n, args.steps, args.warmup, "sim", Path(tmp))
                                        for _ in range(args.rounds)]
         med = {k: statistics.median(v) for k, v in runs.items()}
-        entry = {"seconds": med, "all_rounds": runs, "exchanged_floats": job["numel"],
-                 "a_allreduce_sgd_vs_ddp": med["allreduce_sgd"] / med["ddp"],
-                 "b_exchange_vs_bare": med["exchange"] / med["bare"],
-                 "c_sim_vs_gloo_allreduce_sgd": med["sim_allreduce_sgd"] / med["allreduce_sgd"],
-                 "c_sim_vs_gloo_dpsgd": med["sim_dpsgd"] / med["dpsgd"]}
+        entry = {"seconds_median": med, "all_rounds": runs, "exchanged_floats": job["numel"],
+                 "a_allreduce_sgd_vs_ddp": _ratio(runs, "allreduce_sgd", "ddp"),
+                 "b_exchange_vs_bare": _ratio(runs, "exchange", "bare"),
+                 "c_sim_vs_gloo_allreduce_sgd": _ratio(runs, "sim_allreduce_sgd", "allreduce_sgd"),
+                 "c_sim_vs_gloo_dpsgd": _ratio(runs, "sim_dpsgd", "dpsgd")}
         results["procs"][str(n)] = entry
         ms = {k: 1e3 * v for k, v in med.items()}
         print(f"n={n}  (a) allreduce_sgd {ms['allreduce_sgd']:.2f} ms/it  DDP {ms['ddp']:.2f}  "

@@ -118,7 +118,7 @@ def test_killed_rank_restarts_and_the_run_completes_as_if_uninterrupted(tmp_path
     for r, model in _final_models(tmp_path / "whole").items():
         for k, v in model.items():
             assert torch.equal(v, _final_models(run_dir)[r][k]), (r, k)
-    assert "restart" in out.lower() or "Restarting" in out, out[-2000:]
+    assert "exitcode: -9" in out        # torchrun saw the kill, restarted the group, and it completed
 
 
 def test_stop_and_resume_on_two_processes_equals_the_uninterrupted_run(tmp_path):

@@ -94,3 +94,15 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "nope")])
     assert e.value.code == 2
+
+
+def test_where_keeps_matching_runs_and_runs_without_the_key(sweep):
+    from distlib.compare.runs import select
+    runs = load_runs([sweep])
+    ring = select(runs, ("topology.name=ring",))
+    assert len(ring) == 6 and {r.config["topology.name"] for r in ring} == {"ring"}
+    # two values of one key are alternatives; a key no run has filters nothing
+    assert len(select(runs, ("seed=0", "seed=2"))) == 8
+    assert len(select(runs, ("algorithm.budget=0.5",))) == len(runs)
+    # D-PSGD's ``form`` is absent from all-reduce runs: those stay
+    assert len(select(runs, ("algorithm.form=cta",))) == 6
