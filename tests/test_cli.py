@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -75,15 +74,3 @@ def test_multirun_sweep_writes_one_summary_per_job(tmp_path):
     runs = {(s["algorithm"], s["seed"]) for s in (json.loads(p.read_text()) for p in summaries)}
     assert runs == {("dpsgd", 0), ("dpsgd", 1), ("allreduce_sgd", 0), ("allreduce_sgd", 1)}
 
-
-def test_scripts_train_is_the_same_entry_point(tmp_path):
-    """`python scripts/train.py` and `distlib-train` give the same numbers for the same overrides."""
-    root = Path(__file__).resolve().parents[1]
-    args = [*TINY_ARGS, "max_steps=2", "log.progress=false", "log.tensorboard=false", "cluster.step_time_s=0.01"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(root / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path}/a"],
-                   check=True, capture_output=True, env=env, timeout=300)
-    _cli(*args, f"hydra.run.dir={tmp_path}/b")
-    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
-    strip = lambda s: [{k: v for k, v in h.items() if k != "wall_s"} for h in s["history"]]  # noqa: E731
-    assert strip(a) == strip(b)
