@@ -10,7 +10,7 @@ For 2 and 4 processes, MLP (784-200-10) on the embedded MNIST, batch 32 per work
 (c) the same runs (AllReduce-SGD, D-PSGD on a ring) on the simulated backend, all workers in
     this one process, against the gloo processes: seconds per iteration, ratio sim / gloo.
 
-Steady-state time only: a clock reading at the end of step ``warmup`` and of the last step.
+Steady-state time only: the median time of a step (or call) after ``warmup`` of them.
 Every figure is measured in interleaved rounds; a ratio is the median over rounds of the
 ratio within a round, so load from other programs hits both sides alike. Each process uses
 one thread.
@@ -47,22 +47,23 @@ BATCH = 32
 MODEL = ("model=mlp", "model.hidden=[200]")
 
 
-class _Stopwatch:
-    warmup, t0, t1 = 0, 0.0, 0.0
+#: rank 0's clock at the end of every step of the current run
+STEP_ENDS: list[float] = []
 
 
-WATCH = _Stopwatch()
+def _per_step(ends: list[float], warmup: int) -> float:
+    """Median step time after ``warmup`` steps: a step preempted by another program is an
+    outlier, not a shift (this machine is shared)."""
+    return statistics.median(b - a for a, b in zip(ends[warmup:], ends[warmup + 1:]))
 
 
 def _timed(cls: type) -> type:
-    """``cls`` exactly, plus two clock readings on rank 0 (ranks move in lockstep)."""
+    """``cls`` exactly, plus a clock reading on rank 0 after every step (ranks move in lockstep)."""
     class Timed(cls):
         def after_step(self, ctx: Context) -> None:
             super().after_step(ctx)
             if ctx.rank == 0:
-                WATCH.t1 = time.perf_counter()
-                if ctx.step == WATCH.warmup - 1:
-                    WATCH.t0 = WATCH.t1
+                STEP_ENDS.append(time.perf_counter())
     Timed.__name__ = f"Timed{cls.__name__}"
     return Timed
 
@@ -82,9 +83,9 @@ def _cfg(algorithm: str, n: int, steps: int, backend: str):
 
 def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run_dir: Path) -> float:
     """Seconds per iteration of distlib's Trainer (rank 0's clock)."""
-    WATCH.warmup = warmup
+    STEP_ENDS.clear()
     Trainer(_cfg(algorithm, n, steps, backend), run_dir).run()
-    return (WATCH.t1 - WATCH.t0) / (steps - warmup)
+    return _per_step(STEP_ENDS, warmup)
 
 
 def ddp(n: int, steps: int, warmup: int) -> float:
@@ -97,16 +98,16 @@ def ddp(n: int, steps: int, warmup: int) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     idx = torch.as_tensor(trainer.shards[rank])
     gen = torch.Generator().manual_seed(rank)
-    for step in range(steps):
-        if step == warmup:
-            t0 = time.perf_counter()
+    ends = []
+    for _ in range(steps):
         b = idx[torch.randint(len(idx), (BATCH,), generator=gen)]
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(data.train.x[b]), data.train.y[b])
         loss.backward()             # DDP all-reduces the gradient buckets here
         loss.item()                 # distlib reads every loss too (logging, divergence check)
         opt.step()
-    return (time.perf_counter() - t0) / (steps - warmup)
+        ends.append(time.perf_counter())
+    return _per_step(ends, warmup)
 
 
 def exchange_pair(numel: int, calls: int, warmup: int) -> tuple[float, float]:
@@ -123,20 +124,14 @@ def exchange_pair(numel: int, calls: int, warmup: int) -> tuple[float, float]:
             w.wait()
 
     variants = (lambda: comm.exchange(x, peers), bare)
-    for fn in variants:
-        for _ in range(warmup):
-            fn()
-    spent = [0.0, 0.0]
-    block = 10
-    for _ in range(max(calls // block, 1)):     # alternate blocks: drifting load hits both alike
+    spent: tuple[list[float], list[float]] = ([], [])
+    for i in range(warmup + calls):     # alternating call by call: drifting load hits both alike
         for k, fn in enumerate(variants):
-            dist.barrier()
             t0 = time.perf_counter()
-            for _ in range(block):
-                fn()
-            spent[k] += time.perf_counter() - t0
-    per_call = max(calls // block, 1) * block
-    return spent[0] / per_call, spent[1] / per_call
+            fn()
+            if i >= warmup:
+                spent[k].append(time.perf_counter() - t0)
+    return statistics.median(spent[0]), statistics.median(spent[1])
 
 
 def rank_main(spec_path: str) -> None:

@@ -73,4 +73,3 @@ def test_multirun_sweep_writes_one_summary_per_job(tmp_path):
     assert len(summaries) == 4
     runs = {(s["algorithm"], s["seed"]) for s in (json.loads(p.read_text()) for p in summaries)}
     assert runs == {("dpsgd", 0), ("dpsgd", 1), ("allreduce_sgd", 0), ("allreduce_sgd", 1)}
-

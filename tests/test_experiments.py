@@ -50,9 +50,13 @@ def test_paper_preset_holds_the_published_values():
     assert (c.model.name, c.dataset.name, c.dataset.download) == ("resnet50", "cifar10", True)
 
 
-def test_preset_is_overridable_from_the_command_line():
-    c = make_cfg("+experiment=paper_cifar10_resnet50", "algorithm=dpsgd", "topology=matcha_er8", "optim.lr=0.1")
-    assert (c.algorithm.name, c.topology.name, c.optim.lr, c.epochs) == ("dpsgd", "matcha_er8", 0.1, 200)
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("algorithm", ["dpsgd", "matcha", "allreduce_sgd"])
+def test_baselines_run_in_the_preset_setting(name, algorithm):
+    """``+experiment=X algorithm=Y`` must give Y's own options only (no AL-DSGD leftovers)."""
+    c = make_cfg(f"+experiment={name}", f"algorithm={algorithm}", "topology=matcha_er8", "optim.lr=0.1")
+    assert (c.algorithm.name, c.topology.name, c.optim.lr) == (algorithm, "matcha_er8", 0.1)
+    build_strategy(c.algorithm)
 
 
 def test_constrained_mnist_trains_a_few_steps(tmp_path):

@@ -57,7 +57,7 @@ def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) 
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{setting}  (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -72,3 +72,34 @@ def plot_setting(groups: list[Group], setting: str, out: Path) -> list[Path]:
     paths.append(_figure(groups, setting, TRAIN_LOSS, X_AXES, out / f"{stem}__train_loss.png"))
     paths.append(_figure(groups, setting, CONSENSUS, (("step", "step", 1.0),), out / f"{stem}__consensus.png"))
     return paths
+
+
+def plot_overview(groups: list[Group], out: Path, key: str = "test_accuracy") -> Path | None:
+    """Final ``key`` of every group as horizontal bars (mean ± std over seeds), one colour per setting."""
+    from distlib.compare.stats import final
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = [final(g, key) for g in groups]
+    if not any(s.n for s in stats):
+        return None
+    settings = list(dict.fromkeys(g.setting for g in groups))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(groups) + 1.4))
+    ys = np.arange(len(groups))[::-1]
+    for y, g, s in zip(ys, groups, stats):
+        c = colours[settings.index(g.setting) % len(colours)]
+        ax.barh(y, 100 * s.mean, xerr=100 * s.std, color=c, alpha=0.8, capsize=2)
+    ax.set_yticks(ys, [f"{g.algorithm}  [{g.setting}]" for g in groups], fontsize=7)
+    lo = min(100 * (s.mean - s.std) for s in stats if s.n)
+    hi = max(100 * (s.mean + s.std) for s in stats if s.n)
+    ax.set_xlim(max(0.0, lo - 5), min(100.0, hi + 2))
+    ax.set_xlabel(f"final {key.replace('_', ' ')} (%)")
+    ax.set_title(f"final {key.replace('_', ' ')} (mean ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out / f"final_{key}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,7 +1,8 @@
 """``distlib-compare RUN_DIR... --out report/``: figures and a table from runs' summary.json files.
 
 Writes into ``--out``: one PNG per setting for test accuracy, train loss (each against
-epoch, MB sent and virtual time) and consensus distance (against step); ``table.md`` (final
+epoch, MB sent and virtual time) and consensus distance (against step), one bar chart of
+every group's final accuracy (``final_test_accuracy.png``); ``table.md`` (final
 accuracy and loss, traffic, virtual time, and the cost of reaching ``--target`` accuracy,
 mean ± std over seeds); and ``table.json`` with the same numbers unrounded.
 """
@@ -67,9 +68,10 @@ def compare(paths: list[str | Path], out: str | Path, target: float = 0.8, ignor
     (out / "table.json").write_text(json.dumps(_jsonable(table), indent=1))
     figures: list[Path] = []
     if plots:
-        from distlib.compare.plots import plot_setting
+        from distlib.compare.plots import plot_overview, plot_setting
         for setting in dict.fromkeys(g.setting for g in groups):
             figures += plot_setting([g for g in groups if g.setting == setting], setting, out)
+        figures += [p for p in [plot_overview(groups, out)] if p is not None]
     return {"runs": len(runs), "groups": len(groups), "table": out / "table.md", "figures": figures}
 
 

@@ -99,17 +99,20 @@ def _ignored(key: str, extra: tuple[str, ...]) -> bool:
 
 
 def _varies(runs: list[Run], key: str) -> bool:
-    """Whether ``key`` takes two values (missing counts as None) among runs of one component.
+    """Whether ``key`` takes two values among the runs that set it, within one component.
 
     A component's option (``algorithm.form``) is compared only between runs that chose the
-    same component (``algorithm.name``): D-PSGD's ``form`` does not vary just because an
-    all-reduce run has none.
+    same component (``algorithm.name``), and a run without the key (or with null) does not
+    count: D-PSGD's ``form`` does not vary just because an all-reduce run has none, and a
+    key added to the config schema later does not split old runs from new ones.
     """
     parent = key.rsplit(".", 1)[0] + ".name" if "." in key else None
     by_component: dict[str, set[str]] = {}
     for r in runs:
+        if r.config.get(key) in (None, ()):   # unset, or an empty list (e.g. network.links)
+            continue
         component = repr(r.config.get(parent)) if parent and parent != key else ""
-        by_component.setdefault(component, set()).add(repr(r.config.get(key)))
+        by_component.setdefault(component, set()).add(repr(r.config[key]))
     return any(len(values) > 1 for values in by_component.values())
 
 
@@ -131,7 +134,7 @@ def _value(v: Any) -> str:
 
 
 def _label(run: Run, keys: list[str]) -> str:
-    return " ".join(f"{_short(k)}={_value(run.config[k])}" for k in keys if run.config.get(k) is not None)
+    return " ".join(f"{_short(k)}={_value(run.config[k])}" for k in keys if run.config.get(k) not in (None, ()))
 
 
 def group_runs(runs: list[Run], ignore: tuple[str, ...] = ()) -> list[Group]:
