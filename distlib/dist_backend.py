@@ -89,7 +89,17 @@ class TorchBackend(Backend):
         if self.device is not None:
             torch.cuda.set_device(self.device)
         try:
-            tdist.init_process_group(self.dist, timeout=timedelta(seconds=self.timeout_s), device_id=self.device)
+            timeout = timedelta(seconds=self.timeout_s)
+            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            if restart == "0":
+                tdist.init_process_group(self.dist, timeout=timeout, device_id=self.device)
+            else:
+                # After torchrun --max-restarts restarted the group, the agent's store still holds
+                # the dead group's gloo addresses under the same keys; a fresh prefix per restart
+                # keeps the new ranks from dialling them (seen on torch 2.14 with gloo).
+                store, rank, world = next(tdist.rendezvous("env://", timeout=timeout))
+                tdist.init_process_group(self.dist, store=tdist.PrefixStore(f"distlib/restart{restart}", store),
+                                         rank=rank, world_size=world, timeout=timeout, device_id=self.device)
         except RuntimeError as e:   # a rank that never arrives, or MASTER_ADDR:PORT unreachable
             raise CommError(f"rank {self.rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
                             f"{os.environ.get('MASTER_PORT')} failed (timeout {self.timeout_s:g} s): {e}") from e

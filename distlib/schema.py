@@ -50,11 +50,17 @@ class OptimConfig:
 class NetworkConfig:
     latency_ms: float = rule(0.0, ge=0)
     bandwidth_mbps: Optional[float] = rule(None, gt=0)
+    nodes: list[Any] = rule([])     # entries checked by distlib.network (rank, latency_ms, bandwidth_mbps)
+    links: list[Any] = rule([])     # entries checked by distlib.network (src, dst, ...)
 
 
 @dataclass
 class ClusterConfig:
     speeds: Optional[list[float]] = rule(None, gt=0)    # one per worker
+    speed_dist: Optional[dict] = None                   # its options are checked by distlib.cluster
+    seed: int = rule(0, ge=0)
+    slowdown_prob: float = rule(0.0, ge=0, le=1)
+    slowdown_factor: float = rule(4.0, ge=1)
     step_time_s: Optional[float] = rule(None, gt=0)
 
 
@@ -166,6 +172,8 @@ def _accepts(value: Any, tp: Any, bounds: dict[str, float]) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and _in_range(value, bounds)
     if tp is str:
         return isinstance(value, str)
+    if tp is dict:
+        return isinstance(value, dict)
     return True
 
 
@@ -185,7 +193,7 @@ def _describe(tp: Any, bounds: dict[str, float]) -> str:
         return f"a list of {_describe(args[0], bounds).replace('an integer', 'integers').replace('a number', 'numbers').replace('a string', 'strings')}"
     rng = _range(bounds)
     base = {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+            str: "a string", dict: "a group of options"}.get(tp, getattr(tp, "__name__", str(tp)))
     return f"{base} {rng}" if rng and tp in (int, float) else base
 
 

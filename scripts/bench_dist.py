@@ -85,7 +85,7 @@ def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run
     """Seconds per iteration of distlib's Trainer (rank 0's clock)."""
     STEP_ENDS.clear()
     Trainer(_cfg(algorithm, n, steps, backend), run_dir).run()
-    return _per_step(STEP_ENDS, warmup)
+    return _per_step(STEP_ENDS, warmup) if STEP_ENDS else float("nan")  # only rank 0 reads the clock
 
 
 def ddp(n: int, steps: int, warmup: int) -> float:

@@ -9,6 +9,7 @@ WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun would. SPEC says what t
                                          # false: each Trainer's backend joins and leaves it
 
 After each case, every rank saves its final flat parameters to run_dir/params_<rank>.pt.
+A case may select the test-only strategy ``mismatched`` (see :func:`register_mismatched`).
 """
 from __future__ import annotations
 
@@ -67,6 +68,21 @@ def comm_script(comm: Communicator) -> dict[str, torch.Tensor]:
     return out
 
 
+def register_mismatched() -> None:
+    """``algorithm.name=mismatched``: D-PSGD, except that at step 3 rank 0 calls all_reduce
+    while the others exchange (a call mismatch the backend must report, not hang on)."""
+    from algorithms.dpsgd import DPSGD
+    from distlib.strategy import STRATEGIES, Context
+
+    @STRATEGIES.register("mismatched")
+    class Mismatched(DPSGD):
+        def after_step(self, ctx: Context) -> None:
+            if ctx.step == 3 and ctx.rank == 0:
+                ctx.comm.all_reduce(ctx.worker.flat_params())
+            else:
+                super().after_step(ctx)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     spec = json.loads(Path(sys.argv[1]).read_text())
@@ -75,6 +91,7 @@ def main() -> None:
     from conftest import make_cfg
     from distlib.comm.dist import DistCommunicator
     from distlib.trainer import Trainer
+    register_mismatched()
 
     if spec.get("own_group", True):
         dist.init_process_group("gloo", timeout=timedelta(seconds=60))

@@ -25,7 +25,6 @@ from distlib import checkpoint as ckpt
 from distlib.errors import CheckpointError, DivergenceError
 from distlib.worker import Worker
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # 4 workers, 5 steps per epoch; dropout (the per-worker RNG), momentum (optimizer state), a
 # network model and a fixed step time (clocks and byte counters), evaluations that do not fall
@@ -295,3 +294,15 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
         assert ckpt.complete_steps(root) == [meta["step"]]
         interrupted_mid_write += bool(list(root.glob("*.partial")))
     assert interrupted_mid_write >= 1      # the kills did land while a checkpoint was being written
+
+
+@pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
+def test_asynchronous_runs_write_no_checkpoint_and_refuse_to_resume(tmp_path, algo):
+    """No step is common to all workers of an asynchronous run, so there is no consistent state
+    to save (in-flight messages, a server mid-loop): such runs neither checkpoint nor resume."""
+    from distlib.trainer import Trainer
+    overrides = (*TINY, "workers=3", f"algorithm={algo}", "topology=ring", "cluster.step_time_s=0.01", "max_steps=6")
+    run_training(make_cfg(*overrides), tmp_path)
+    assert ckpt.find(tmp_path) is None
+    with pytest.raises(CheckpointError, match="resume=true: no complete checkpoint"):
+        Trainer(make_cfg(*overrides, "resume=true"), tmp_path)

@@ -25,7 +25,7 @@ from test_checkpoint import comparable
 from distlib import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = (*TINY, "algorithm=dpsgd", "topology=ring", "backend.dist=gloo", "eval_every=50",
+RUN = (*TINY, "algorithm=dpsgd", "topology=ring", "eval_every=50",
        "checkpoint.every=40", "checkpoint.epoch_end=false", "cluster.step_time_s=0.01")
 
 
@@ -40,7 +40,7 @@ def _torchrun(nproc: int, overrides: list[str], run_dir: Path, *extra: str) -> s
     # hands the restarted ranks the dead ranks' gloo addresses).
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra,
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", str(ROOT / "scripts/train.py"),
-           *overrides, "backend=torch", f"workers={nproc}", f"hydra.run.dir={run_dir}"]
+           *overrides, "backend=torch", "backend.dist=gloo", f"workers={nproc}", f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(cmd, cwd=run_dir.parent, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

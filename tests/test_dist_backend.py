@@ -46,21 +46,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(rank: int, port: int) -> dict[str, str]:
-    return dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+def _env(rank: int, port: int, world: int) -> dict[str, str]:
+    return dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
 
 
 class Ranks:
-    """WORLD driver processes running one SPEC; killed on exit if still alive."""
+    """``world`` driver processes running one SPEC; killed on exit if still alive."""
 
-    def __init__(self, tmp: Path, spec: dict) -> None:
+    def __init__(self, tmp: Path, spec: dict, world: int = WORLD) -> None:
         path = tmp / "spec.json"
         path.write_text(json.dumps(spec))
         port = _free_port()
-        self.logs = [open(tmp / f"rank{r}.log", "w+") for r in range(WORLD)]
-        self.procs = [subprocess.Popen([sys.executable, str(DRIVER), str(path)], env=_env(r, port), cwd=tmp,
-                                       stdout=self.logs[r], stderr=subprocess.STDOUT) for r in range(WORLD)]
+        self.logs = [open(tmp / f"rank{r}.log", "w+") for r in range(world)]
+        self.procs = [subprocess.Popen([sys.executable, str(DRIVER), str(path)], env=_env(r, port, world),
+                                       cwd=tmp, stdout=self.logs[r], stderr=subprocess.STDOUT)
+                      for r in range(world)]
 
     def wait(self, timeout: float) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -160,6 +161,18 @@ def test_killed_rank_stops_the_others_with_a_clear_error(tmp_path: Path) -> None
             out = job.output(r)
             assert codes[r] != 0, out
             assert "CommError" in out and f"rank {r}:" in out and "failed at step" in out, out[-2000:]
+
+
+def test_mismatched_calls_stop_both_ranks_with_a_clear_error(tmp_path: Path) -> None:
+    case = {"overrides": [*TINY, "workers=2", "max_steps=10", "algorithm=dpsgd", "algorithm.name=mismatched",
+                          "topology=ring", "backend=torch", "backend.dist=gloo", "backend.timeout_s=2"],
+            "run_dir": str(tmp_path / "run")}
+    with Ranks(tmp_path, {"cases": [case], "own_group": False}, world=2) as job:
+        codes = job.wait(timeout=120)       # generous: only a hang fails this
+        calls = ["all_reduce(op=sum)", "exchange(peers=[0])"]   # rank 0's call, rank 1's call
+        for r in range(2):
+            out = job.output(r)
+            assert codes[r] != 0 and f"CommError: rank {r}: {calls[r]} failed at step 3" in out, out[-2000:]
 
 
 def test_workers_must_equal_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
