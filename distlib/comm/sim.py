@@ -288,7 +288,20 @@ class SimCommunicator(Communicator):
 
     def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle:
         chan = self.world.channel(src, self.rank, ("p2p", tag))
-        return _SimHandle(lambda: self.recv(tensor, src, tag), lambda: bool(chan))
+        done = [False]
+
+        def wait() -> torch.Tensor:
+            if not done[0]:
+                self.recv(tensor, src, tag)
+                done[0] = True
+            return tensor
+
+        def is_completed() -> bool:
+            # As on torch.distributed: completed means the data is already in ``tensor``.
+            if not done[0] and chan and chan[0].arrival <= self.counters.clock:
+                wait()
+            return done[0]
+        return _SimHandle(wait, is_completed)
 
     def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
                  poll: bool = False) -> int | None:
