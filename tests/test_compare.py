@@ -73,8 +73,8 @@ def test_table_numbers_equal_independent_means(sweep, tmp_path):
     assert by[("dpsgd", "topology=ring")] < by[("dpsgd", "topology=complete")]
     # One PNG per setting for accuracy, train loss and consensus.
     names = sorted(p.name for p in res["figures"])
-    assert names == sorted(f"topology={t}__{q}.png" for t in ("complete", "ring")
-                           for q in ("test_accuracy", "train_loss", "consensus")) + ["final_test_accuracy.png"]
+    assert names == sorted([f"topology={t}__{q}.png" for t in ("complete", "ring")
+                            for q in ("test_accuracy", "train_loss", "consensus")] + ["final_test_accuracy.png"])
     for p in res["figures"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
