@@ -7,7 +7,9 @@ the worker itself (on the simulated backend the hub swaps the global RNG per wor
 the running worker sees its own). After a collective that doubles as a barrier, the lowest
 rank of each process writes that process's shard (one shard on the simulated backend, one
 per process under torch.distributed) and rank 0 adds the metadata (config, logger history)
-and commits the checkpoint atomically (see :mod:`distlib.checkpoint`).
+and commits the checkpoint atomically (see :mod:`distlib.checkpoint`). An asynchronous
+strategy instead stops every rank at a consistent cut of its protocol, and all ranks save
+under the step the cut names (see ``Strategy.consistent_cuts`` and docs/checkpoints.md).
 
 ``resume`` selects where a run continues from: null (start fresh; under torchrun after a
 restart, TORCHELASTIC_RESTART_COUNT > 0, the latest checkpoint if there is one), ``auto``
@@ -99,11 +101,15 @@ class Checkpointer:
                     or (self.epoch_end and done % self.steps_per_epoch == 0))
 
     # -- saving (called by every worker, at the same step) ----------------------------------------
-    def save(self, ctx: "Context", strategy: "Strategy", loop: LoopState, logger: "RunLogger | None") -> None:
+    def save(self, ctx: "Context", strategy: "Strategy", loop: LoopState, logger: "RunLogger | None",
+             at: int | None = None) -> None:
+        """Save at step ``at`` (default ``loop.step``; an asynchronous cut names its own step,
+        which every rank passes alike although their loops are at different steps)."""
         comm, worker, rank = ctx.comm, ctx.worker, ctx.rank
+        step = loop.step if at is None else at
         with comm.uncounted():      # saving is not training: no bytes, no virtual time
             if rank == 0:   # before the collective below, after which the others write into it
-                ckpt.begin(self.root, loop.step)
+                ckpt.begin(self.root, step)
             self._pending[rank] = ckpt.plain({
                 "worker": worker.state_dict(), "strategy": strategy.state_dict(),
                 "counters": comm.counters.state_dict(), "loop": asdict(loop), "rng": _rng_state()},
@@ -113,20 +119,20 @@ class Checkpointer:
             bad = [r for r, f in enumerate(flags) if f[0] == 0]
             if bad:     # never replace the last good checkpoint by a diverged state
                 self._pending.clear()
-                raise DivergenceError(f"parameters of worker {bad[0]} became NaN or infinite by step {loop.step} "
+                raise DivergenceError(f"parameters of worker {bad[0]} became NaN or infinite by step {step} "
                                       f"(last finite loss {loop.last_finite:.6g}); kept the previous checkpoint; "
                                       f"lower optim.lr")
-            partial = ckpt.partial_dir(self.root, loop.step)
+            partial = ckpt.partial_dir(self.root, step)
             if rank == self.local_ranks[0]:
                 mine = {r: self._pending.pop(r) for r in self.local_ranks}
                 ckpt.save_file({"format": ckpt.FORMAT, "ranks": mine}, partial / ckpt.shard_name(self.local_ranks))
             comm.barrier()      # every shard is on disk
             if rank == 0:
                 assert logger is not None
-                ckpt.save_file(ckpt.plain({"format": ckpt.FORMAT, "step": loop.step, "world_size": self.world_size,
+                ckpt.save_file(ckpt.plain({"format": ckpt.FORMAT, "step": step, "world_size": self.world_size,
                                            "config": ckpt.config_json(self.config),
                                            "logger": logger.state_dict()}, "logger"), partial / ckpt.META)
-                ckpt.commit(self.root, loop.step, self.world_size, self.keep)
+                ckpt.commit(self.root, step, self.world_size, self.keep)
             comm.barrier()      # committed before anyone moves on (and perhaps fails)
 
     # -- restoring (called by every worker, after Strategy.setup) ---------------------------------

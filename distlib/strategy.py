@@ -15,7 +15,9 @@ points; a Strategy overrides only what is specific to it::
 Asynchronous strategies (``asynchronous = True``) also decide when a worker stops
 (``keep_training``), may ask for extra service ranks that run ``serve`` instead of training
 (a parameter server), and end their protocol in ``finish``; their runs are evaluated once,
-after ``finish``, because an evaluation is a global synchronisation point.
+after ``finish``, because an evaluation is a global synchronisation point. One that can
+stop at a consistent cut (``consistent_cuts = True``) checkpoints there: ``serve`` returns
+and ``checkpoint_cut`` answers with the checkpoint's step, and every rank saves.
 
 Hooks may communicate through ``ctx.comm`` in plain blocking style; on the simulated
 backend that is where workers hand over to each other.
@@ -72,13 +74,23 @@ class Strategy:
     #: extra ranks after the workers (ranks workers .. workers + service_ranks - 1) that run
     #: ``serve`` instead of the training loop, e.g. a parameter server
     service_ranks: int = 0
+    #: asynchronous strategies only: the protocol can stop every rank at a consistent cut for a
+    #: checkpoint (``serve`` / ``checkpoint_cut``), so its runs checkpoint and resume
+    consistent_cuts: bool = False
 
     def keep_training(self, ctx: Context) -> bool:
         """Start step ``ctx.step``? Asynchronous strategies may stop by their own rule."""
         return ctx.step < ctx.total_steps
 
-    def serve(self, ctx: Context) -> None:
-        """The whole life of a service rank (see ``service_ranks``)."""
+    def serve(self, ctx: Context) -> int | None:
+        """The life of a service rank (see ``service_ranks``): None when the run ends, or the
+        step of a checkpoint at a consistent cut, after which it is called again."""
+        return None
+
+    def checkpoint_cut(self, ctx: Context) -> int | None:
+        """After a step of an asynchronous strategy: the checkpoint's step if the protocol has
+        just stopped every rank at a consistent cut (every rank then saves), else None."""
+        return None
 
     def finish(self, ctx: Context) -> None:
         """After the last step, on every rank: end an asynchronous protocol before the final evaluation."""

@@ -72,8 +72,14 @@ class Trainer:
         # Finds and checks the checkpoint to resume from now, before any work starts.
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
                                          steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
-        if self.asynchronous and self.checkpointer.source:
-            raise ConfigError("resume: asynchronous algorithms cannot resume (no step is common to all workers)")
+        # Asynchronous runs checkpoint at the protocol's consistent cuts, on the simulated backend only.
+        cuts = algo.consistent_cuts and cfg.backend.name == "sim"
+        self.cut_due = self.checkpointer.due if cuts else (lambda done: False)
+        if self.asynchronous and not cuts and self.checkpointer.source:
+            name = cfg.algorithm.get("name") or cfg.algorithm.get("_target_")
+            why = "can resume only on backend=sim" if algo.consistent_cuts else \
+                "cannot checkpoint or resume (its protocol has no consistent cut; see docs/checkpoints.md)"
+            raise ConfigError(f"resume: asynchronous algorithm {name} {why}")
         if self.asynchronous and cfg.backend.name == "sim" and self.cluster.step_time_s is None:
             warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
                           "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")
@@ -105,7 +111,8 @@ class Trainer:
         loop = self.checkpointer.restore(ctx, strategy, logger) if self.checkpointer.source else LoopState()
 
         if rank >= cfg.workers:     # a service rank (e.g. the parameter server): it serves, never trains
-            strategy.serve(ctx)
+            while (at := strategy.serve(ctx)) is not None:     # it stopped at a consistent cut
+                self.checkpointer.save(ctx, strategy, loop, logger, at=at)
         for step in itertools.count(loop.step):
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
             if rank >= cfg.workers or not strategy.keep_training(ctx):    # default: step < total_steps
@@ -136,8 +143,11 @@ class Trainer:
                 if logger is not None:
                     logger.log(record)
             loop.step = step + 1
-            if not self.asynchronous and self.checkpointer.due(loop.step):  # all workers are at this step
-                self.checkpointer.save(ctx, strategy, loop, logger)
+            # synchronous: all workers are at this step; asynchronous: the protocol stopped at a cut
+            at = strategy.checkpoint_cut(ctx) if self.asynchronous else \
+                loop.step if self.checkpointer.due(loop.step) else None
+            if at is not None:
+                self.checkpointer.save(ctx, strategy, loop, logger, at=at)
         if self.asynchronous:
             self._finish_async(ctx, strategy, loop, logger)
         return logger.write_summary() if logger is not None else None
@@ -168,7 +178,8 @@ class Trainer:
         strategy = build_strategy(cfg.algorithm)
         ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
                       total_steps=self.total_steps,
-                      extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg, "lr_at": self._lr})
+                      extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg, "lr_at": self._lr,
+                              "checkpoint_due": self.cut_due})
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
 

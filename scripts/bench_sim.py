@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class TimedDPSGD(DPSGD):
             WATCH.t1 = _now()
 
 
-def bench_sim(n: int, steps: int, warmup: int, run_dir: Path) -> dict[str, float]:
+def bench_sim(n: int, steps: int, warmup: int) -> dict[str, float]:
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
         cfg = compose("train", overrides=[
             "algorithm=dpsgd", "algorithm.name=bench_dpsgd", f"workers={n}", "topology=ring", "model=cnn",
@@ -73,7 +74,8 @@ def bench_sim(n: int, steps: int, warmup: int, run_dir: Path) -> dict[str, float
             "eval.per_worker=false", "log.tensorboard=false", "log.progress=false",
             "checkpoint.enabled=false"])   # checkpoint I/O is not the runtime under test
     WATCH.warmup = warmup
-    Trainer(cfg, run_dir).run()
+    with tempfile.TemporaryDirectory() as run_dir:      # the run's summary.json is not wanted
+        Trainer(cfg, run_dir).run()
     return _rates(n * BATCH * (steps - warmup), WATCH.t0, WATCH.t1)
 
 
@@ -155,7 +157,7 @@ def main() -> None:
     for n in args.workers:
         runs: dict[str, list[dict[str, float]]] = {"sim": [], "plain": [], "single": []}
         for r in range(args.rounds):     # interleaved, so load on the machine hits all three alike
-            runs["sim"].append(bench_sim(n, args.steps, args.warmup, out.parent / f"bench_sim_run_{n}"))
+            runs["sim"].append(bench_sim(n, args.steps, args.warmup))
             runs["plain"].append(bench_plain(n, args.steps, args.warmup))
             runs["single"].append(bench_single(n, args.steps, args.warmup))
         entry: dict = {"all_rounds": runs}

@@ -43,9 +43,11 @@ ALGORITHMS = {
     "matcha_schedule": ["algorithm=matcha", "topology=schedule", "topology.every=3"],
     "al_dsgd": ["algorithm=al_dsgd", "topology=ring"],
     "al_dsgd_matcha": ["algorithm=al_dsgd", "algorithm.base=matcha", "topology=regular"],
+    # asynchronous: checkpoints at the server's consistent cuts, at 4, 5, 8, ... steps' worth of gradients
+    "async_ps": ["algorithm=async_ps", "cluster.speeds=[1,1,1,0.5]"],
 }
-# Asynchronous algorithms (async_ps, ad_psgd) refuse to checkpoint and to resume: no step is
-# common to all workers (see docs/checkpoints.md); test_asynchronous_runs_refuse_to_resume.
+# AD-PSGD has no consistent cut: it refuses to checkpoint and to resume (see docs/checkpoints.md);
+# test_adpsgd_writes_no_checkpoint_and_refuses_to_resume.
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -119,6 +121,23 @@ def test_resume_trains_further_into_a_new_run_dir(tmp_path):
     whole, whole_summary = run_training(make_cfg(*base, f"max_steps={STEPS}"), tmp_path / "whole")
     run_training(make_cfg(*base, "max_steps=9", "checkpoint.keep=2"), tmp_path / "first")
     assert ckpt.complete_steps(tmp_path / "first" / "checkpoints") == [8, 9]      # keep=2
+    resumed, summary = run_training(make_cfg(*base, f"max_steps={STEPS}", f"resume={tmp_path / 'first'}"),
+                                    tmp_path / "second")
+    for r, x in params(whole).items():
+        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
+    assert comparable(summary) == comparable(whole_summary)
+    assert tb_scalars(tmp_path / "second") == tb_scalars(tmp_path / "whole")
+
+
+def test_async_ps_trains_further_from_its_last_cut(tmp_path):
+    """Stop async_ps at max_steps=10 (an epoch end, so a cut of the 13-step run too), resume to 13.
+
+    At the end cut the server holds every worker's last push, which would be dropped as over
+    the budget; with the larger budget of the resumed run it applies them, as the 13-step run does."""
+    base = (*RUN, *ALGORITHMS["async_ps"])
+    whole, whole_summary = run_training(make_cfg(*base, f"max_steps={STEPS}"), tmp_path / "whole")
+    run_training(make_cfg(*base, "max_steps=10"), tmp_path / "first")
+    assert ckpt.complete_steps(tmp_path / "first" / "checkpoints") == [10]
     resumed, summary = run_training(make_cfg(*base, f"max_steps={STEPS}", f"resume={tmp_path / 'first'}"),
                                     tmp_path / "second")
     for r, x in params(whole).items():
@@ -296,13 +315,25 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
     assert interrupted_mid_write >= 1      # the kills did land while a checkpoint was being written
 
 
-@pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
-def test_asynchronous_runs_write_no_checkpoint_and_refuse_to_resume(tmp_path, algo):
-    """No step is common to all workers of an asynchronous run, so there is no consistent state
-    to save (in-flight messages, a server mid-loop): such runs neither checkpoint nor resume."""
+def test_adpsgd_writes_no_checkpoint_and_refuses_to_resume(tmp_path):
+    """AD-PSGD's pairwise protocol has no consistent cut (every pair would have to stop at once
+    with no message in flight), so its runs neither checkpoint nor resume."""
     from distlib.trainer import Trainer
-    overrides = (*TINY, "workers=3", f"algorithm={algo}", "topology=ring", "cluster.step_time_s=0.01", "max_steps=6")
+    overrides = (*TINY, "workers=3", "algorithm=ad_psgd", "topology=ring", "cluster.step_time_s=0.01", "max_steps=6")
     run_training(make_cfg(*overrides), tmp_path)
     assert ckpt.find(tmp_path) is None
     with pytest.raises(CheckpointError, match="resume=true: no complete checkpoint"):
         Trainer(make_cfg(*overrides, "resume=true"), tmp_path)
+
+
+def test_async_ps_resumes_only_on_the_simulated_backend(tmp_path):
+    """Its cut is exercised on the simulated backend only; elsewhere a resume is refused in one line."""
+    from distlib.backends import SimBackend
+    from distlib.errors import ConfigError
+    from distlib.trainer import Trainer
+    overrides = (*TINY, "workers=2", "algorithm=async_ps", "cluster.step_time_s=0.01", "max_steps=6")
+    run_training(make_cfg(*overrides), tmp_path)
+    assert ckpt.complete_steps(tmp_path / "checkpoints") == [6]      # the end is a cut
+    with pytest.raises(ConfigError, match=r"^resume: asynchronous algorithm async_ps can resume only on "
+                                          r"backend=sim$"):
+        Trainer(make_cfg(*overrides, "backend=torch", "resume=true"), tmp_path, backend=SimBackend(3))

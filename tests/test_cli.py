@@ -56,8 +56,9 @@ def test_short_run_writes_summary_and_tensorboard(tmp_path):
     tags = set(acc.Tags()["scalars"])
     want = {"train/loss": "train_loss", "test/loss": "test_loss", "test/accuracy": "test_accuracy",
             "test/worker_accuracy_min": "worker_accuracy_min", "test/worker_accuracy_max": "worker_accuracy_max",
-            "consensus/distance": "consensus_distance", "comm/bytes_sent_per_worker": "bytes_sent",
-            "train/lr": "lr", "time/virtual_s": "virtual_s"}
+            "test/worker_accuracy_mean": "worker_accuracy_mean", "consensus/distance": "consensus_distance",
+            "comm/bytes_sent_per_worker": "bytes_sent", "comm/bytes_recv_per_worker": "bytes_recv",
+            "train/lr": "lr", "time/virtual_s": "virtual_s", "time/wall_s": "wall_s"}
     assert set(want) <= tags, sorted(tags)
     for tag, key in want.items():
         got = [(e.step, e.value) for e in acc.Scalars(tag)]
