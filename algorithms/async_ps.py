@@ -23,9 +23,24 @@ rank saves (the server's x, version, staleness record and queue of held requests
 worker's model, data position, RNG, loop, and that it is waiting), and the server then
 answers the held requests in order. A resumed worker first takes the reply it was waiting
 for. The cut acts as a barrier, so it is part of the run's timing whenever checkpoints are on.
+
+Evaluation during training, with no sync point: the server holds x, so every ``eval_every``
+steps' worth of applied gradients (version a multiple of n * eval_every, before the last) it
+evaluates x on the test set itself, outside the counted time and traffic, and keeps a record:
+its clock as ``virtual_s``, the bytes it has sent and received as its view of the traffic
+(every message goes to or from it: (sent + received) / ranks, messages in flight not yet
+counted), staleness so far, consensus_distance NaN (the workers' copies are not at the
+server). ``train_loss`` is the mean loss of the gradients applied since the previous record:
+each worker keeps its own losses, the server how many of each worker's gradients it had
+applied, and ``finish`` joins them (uncounted, after training), so the protocol's messages are
+unchanged. The records reach rank 0 in ``finish`` and are logged then, before the final
+evaluation: a run killed before its end loses them (a resumed one keeps them: they are part of
+the server's checkpoint).
 """
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, Callable
 
 import torch
@@ -39,6 +54,9 @@ SCALINGS = ("none", "inverse")
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 101, 102, 103, 104
 PULL, PUSH = 0.0, 1.0
 CUT = 2.0   # reply flag (besides 0 = stop, 1 = go): checkpoint now, the real reply comes after
+#: the numbers of a server record, in the order of a history record (train_loss is filled in by finish)
+RECORD_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "consensus_distance", "lr",
+               "bytes_sent", "bytes_recv", "virtual_s", "wall_s", "staleness_max", "staleness_mean")
 
 
 @STRATEGIES.register("async_ps")
@@ -61,6 +79,10 @@ class AsyncPS(Strategy):
         self.stopped = 0            # server: workers told to stop
         self.joined = 0             # server: workers whose first pull it has received
         self.held: list[tuple[int, float, int, torch.Tensor | None]] = []   # server: (i, kind, v_i, g_i) held at a cut
+        self.losses: list[float] = []   # worker: the loss of each gradient it pushed
+        # server: its records, each with "applied" (gradients applied per worker by then); all ranks after finish
+        self.evals: list[dict[str, Any]] = []
+        self.wall_before, self.t0 = 0.0, time.perf_counter()   # server wall clock (earlier segments, this one)
 
     @staticmethod
     def server(ctx: Context) -> int:
@@ -72,6 +94,7 @@ class AsyncPS(Strategy):
             self._request(ctx, PULL)
 
     def after_backward(self, ctx: Context) -> None:
+        self.losses.append(ctx.loss)    # measurement only: joined with the server's records at finish
         self._request(ctx, PUSH)    # g_i was computed at x of version v_i: push both, wait for the new x
 
     def local_update(self, ctx: Context) -> None:
@@ -110,6 +133,7 @@ class AsyncPS(Strategy):
         n = ctx.world_size - 1
         budget = n * ctx.total_steps
         lr_at, due = ctx.extras["lr_at"], ctx.extras.get("checkpoint_due", lambda done: False)
+        every = ctx.extras.get("eval_every")    # None: no evaluation during training
         head = torch.zeros(2, dtype=torch.float64)
         self.applied = self.applied or [0] * n
         while self.stopped < n:
@@ -123,6 +147,8 @@ class AsyncPS(Strategy):
             if kind == PUSH and self.version < budget:   # later pushes are dropped: the budget is spent
                 self._apply(worker, g, self.version - v, lr_at(self.version // (n * ctx.steps_per_epoch)))
                 self.applied[i] += 1
+                if every and self.version % (n * every) == 0 and self.version < budget:  # the last: final evaluation
+                    self._record(ctx, lr_at((self.version - 1) // (n * ctx.steps_per_epoch)))
                 # held requests apply fewer than n gradients after a cut at a multiple of n: none is a cut
                 if live and self._cut_due(n, due):
                     return self._cut(ctx, i)
@@ -152,6 +178,21 @@ class AsyncPS(Strategy):
             comm.send(torch.tensor([step, CUT], dtype=torch.float64), j, TAG_REPLY)
         return step
 
+    def _record(self, ctx: Context, lr: float) -> None:
+        """Evaluate x at this version, outside the run's counted time and traffic (no message is sent)."""
+        comm, step = ctx.comm, self.version // (ctx.world_size - 1)
+        with comm.uncounted():
+            ev = ctx.worker.evaluate(ctx.extras["test_set"])
+        c = comm.counters
+        traffic = (c.bytes_sent + c.bytes_recv) / ctx.world_size    # every byte goes to or from the server
+        s = torch.tensor(self.staleness, dtype=torch.float64)
+        self.evals.append({"step": step, "epoch": step / ctx.steps_per_epoch, "train_loss": math.nan,
+                           "test_loss": ev.loss, "test_accuracy": ev.accuracy, "consensus_distance": math.nan,
+                           "lr": lr, "bytes_sent": traffic, "bytes_recv": traffic, "virtual_s": c.clock,
+                           "wall_s": self.wall_before + time.perf_counter() - self.t0,
+                           "staleness_max": float(s.max()), "staleness_mean": float(s.mean()),
+                           "applied": list(self.applied)})
+
     def _apply(self, worker, g: torch.Tensor, s: int, lr: float) -> None:
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
         worker.set_lr(lr / (1 + s) if self.staleness_scaling == "inverse" else lr)
@@ -171,8 +212,37 @@ class AsyncPS(Strategy):
             if ctx.rank == srv:
                 record.copy_(torch.tensor(self.staleness + self.applied, dtype=torch.float64))
             comm.broadcast(record, src=srv)
+            self._share_evals(ctx)
         k = int(size[0])
         self.staleness, self.applied = [int(s) for s in record[:k]], [int(a) for a in record[k:]]
+
+    def _share_evals(self, ctx: Context) -> None:
+        """Every rank takes the server's records, with train_loss from the workers' losses (collectives)."""
+        comm, srv, n = ctx.comm, self.server(ctx), ctx.world_size - 1
+        m = int(comm.broadcast(torch.tensor([len(self.evals)], dtype=torch.float64), src=srv))
+        if m == 0:
+            return
+        table = torch.zeros(m, len(RECORD_KEYS) + n, dtype=torch.float64)
+        if ctx.rank == srv:
+            table.copy_(torch.tensor([[r[k] for k in RECORD_KEYS] + r["applied"] for r in self.evals],
+                                     dtype=torch.float64))
+        comm.broadcast(table, src=srv)
+        counts = [int(c) for c in comm.all_gather(torch.tensor([len(self.losses)], dtype=torch.float64))]
+        mine = torch.zeros(max(counts), dtype=torch.float64)
+        mine[:len(self.losses)] = torch.tensor(self.losses, dtype=torch.float64)
+        losses = comm.all_gather(mine)          # losses[i][k]: worker i's k-th pushed gradient
+        self.evals, before = [], [0] * n
+        for row in table:
+            applied = [int(a) for a in row[len(RECORD_KEYS):]]
+            # the server applies each worker's gradients in the order pushed: the k-th applied is its k-th loss
+            since = torch.cat([losses[i][before[i]:applied[i]] for i in range(n)])
+            record = dict(zip(RECORD_KEYS, (float(v) for v in row[:len(RECORD_KEYS)])))
+            record.update(step=int(record["step"]), train_loss=float(since.mean()))
+            self.evals.append(record)
+            before = applied
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.evals
 
     def scalars(self) -> dict[str, float]:
         s = torch.tensor(self.staleness or [0], dtype=torch.float64)
@@ -184,10 +254,13 @@ class AsyncPS(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "go": self.go, "awaiting": self.awaiting, "staleness": list(self.staleness),
                 "applied": list(self.applied), "stopped": self.stopped, "joined": self.joined,
-                "held": [list(h) for h in self.held]}
+                "held": [list(h) for h in self.held], "losses": list(self.losses),
+                "evals": [dict(r) for r in self.evals], "wall_s": self.wall_before + time.perf_counter() - self.t0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.version, self.go, self.awaiting = state["version"], state["go"], state["awaiting"]
         self.staleness, self.applied = list(state["staleness"]), list(state["applied"])
         self.stopped, self.joined = state["stopped"], state["joined"]
         self.held = [tuple(h) for h in state["held"]]  # type: ignore[misc]
+        self.losses, self.evals = list(state["losses"]), [dict(r) for r in state["evals"]]
+        self.wall_before, self.t0 = state["wall_s"], time.perf_counter()

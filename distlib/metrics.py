@@ -64,7 +64,8 @@ class RunLogger:
         return self.wall_offset + time.perf_counter() - self._t0
 
     def log(self, record: dict[str, Any]) -> None:
-        record = dict(record, wall_s=self.wall())
+        record = dict(record)
+        record.setdefault("wall_s", self.wall())    # records made earlier (asynchronous runs) bring their own
         self.history.append(record)
         self._write_tb(record)
         if self.progress:

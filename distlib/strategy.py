@@ -121,6 +121,12 @@ class Strategy:
         """Values to show as TensorBoard histograms at the final evaluation (rank 0's)."""
         return {}
 
+    def records(self) -> list[dict[str, Any]]:
+        """Asynchronous strategies: history records of evaluations made during training without
+        a global sync point (e.g. by the parameter server), in order; read on rank 0 after
+        ``finish`` and logged before the final evaluation. Default: none."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -136,7 +136,8 @@ class Trainer:
 
             if (step + 1) % self.steps_per_epoch == 0:
                 strategy.end_epoch(ctx)
-            # An evaluation is a global sync point: asynchronous runs are evaluated once, after finish.
+            # An evaluation is a global sync point: asynchronous runs are evaluated after finish (their
+            # strategy may evaluate during training without one, see Strategy.records).
             if not self.asynchronous and ((step + 1) % self.eval_every == 0 or step + 1 == self.total_steps):
                 record = self._evaluate(ctx, strategy, loop.loss_sum / loop.loss_count)
                 loop.loss_sum, loop.loss_count = 0.0, 0
@@ -153,11 +154,13 @@ class Trainer:
         return logger.write_summary() if logger is not None else None
 
     def _finish_async(self, ctx: Context, strategy: Strategy, loop: LoopState, logger: RunLogger | None) -> None:
-        """End an asynchronous run: the strategy's stop protocol, then its only evaluation."""
+        """End an asynchronous run: the strategy's stop protocol, its records, then the final evaluation."""
         strategy.finish(ctx)
         ctx.step = self.total_steps - 1     # the record's step counts samples as a synchronous run would
         record = self._evaluate(ctx, strategy, loop.loss_sum / loop.loss_count if loop.loss_count else math.nan)
         if logger is not None:
+            for early in strategy.records():    # made during training (e.g. by the server), in order
+                logger.log(early)
             logger.log(record)
             logger.log_histograms(strategy.histograms(), record["step"])
 
@@ -179,7 +182,8 @@ class Trainer:
         ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
                       total_steps=self.total_steps,
                       extras={"seed": seed_for(cfg.seed, "strategy"), "cfg": cfg, "lr_at": self._lr,
-                              "checkpoint_due": self.cut_due})
+                              "checkpoint_due": self.cut_due, "eval_every": self.eval_every,
+                              "test_set": self.dataset.test})
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
 

@@ -272,3 +272,97 @@ def test_converges_within_one_percent_of_the_optimum_on_three_gloo_processes(glo
     workers = 2 if algo == "async_ps" else 3
     params = [torch.load(gloo_runs / algo / f"params_{r}.pt") for r in range(workers)]
     assert _final_objective(tr, torch.stack(params).mean(0)) <= 1.01 * _optimum(tr)
+
+
+# -- evaluation during asynchronous training ------------------------------------------------------
+EVAL_RUN = ("dataset=synthetic", "dataset.samples=800", "dataset.dim=5", "model=linear", "log.progress=false",
+            "log.tensorboard=true", "eval.per_worker=false", "checkpoint.enabled=false", "algorithm=async_ps",
+            *STRAGGLER, "network=gigabit", "max_steps=23")
+
+
+def _linear_eval(params: np.ndarray, x: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the linear model [W (k x d), b] in numpy."""
+    d = x.shape[1]
+    z = x @ params[:k * d].reshape(k, d).T + params[k * d:]
+    z = z - z.max(1, keepdims=True)
+    ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean()
+    return float(ce), float((z.argmax(1) == y).mean())
+
+
+def test_async_ps_server_evaluates_every_eval_every_steps_of_gradients_without_a_sync_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from algorithms.async_ps import AsyncPS
+    from distlib.worker import Worker
+    n, every, budget = 4, 5, 4 * 23
+    snapshots: dict[int, np.ndarray] = {}     # the server's x at each version that is a record's
+    events: list[tuple[int, float]] = []      # the server's event order: (worker, kind)
+    losses: dict[int, list[float]] = {r: [] for r in range(n)}      # each worker's losses, in push order
+    apply, recv_any, forward_backward = AsyncPS._apply, SimCommunicator.recv_any, Worker.forward_backward
+
+    def spy_apply(self, worker, g, s, lr):
+        apply(self, worker, g, s, lr)
+        if self.version % (n * every) == 0:
+            snapshots[self.version] = worker.flat_params().detach().double().numpy().copy()
+
+    def spy_recv_any(self, tensor, srcs, tag=0, poll=False):
+        src = recv_any(self, tensor, srcs, tag, poll)
+        if tag == TAG_PUSH:
+            events.append((src, float(tensor[0])))
+        return src
+
+    def spy_forward_backward(self):
+        loss = forward_backward(self)
+        losses[self.rank].append(loss)
+        return loss
+    monkeypatch.setattr(AsyncPS, "_apply", spy_apply)
+    monkeypatch.setattr(SimCommunicator, "recv_any", spy_recv_any)
+    monkeypatch.setattr(Worker, "forward_backward", spy_forward_backward)
+    tr, summary = run_training(make_cfg(*EVAL_RUN, f"eval_every={every}"), tmp_path)
+    history = summary["history"]
+
+    assert [h["step"] for h in history] == [5, 10, 15, 20, 23]    # one per eval_every steps' worth, then the end
+    early = history[:-1]
+    for key in ("virtual_s", "bytes_sent"):     # the server's clock and its view of the traffic
+        assert all(a[key] < b[key] for a, b in zip(history, history[1:])), key
+    assert all(np.isnan(h["consensus_distance"]) for h in early)      # the workers' copies are not at the server
+    test = tr.dataset.test
+    x, y, k = test.x.double().numpy(), test.y.numpy(), tr.dataset.num_classes
+    # train_loss: the losses of the gradients applied in the interval, from the event order alone
+    applied: list[float] = []
+    pushed = {r: 0 for r in range(n)}
+    for src, kind in events:
+        if kind == PUSH:
+            if len(applied) < budget:
+                applied.append(losses[src][pushed[src]])
+            pushed[src] += 1
+    for h in early:
+        loss, acc = _linear_eval(snapshots[n * h["step"]], x, y, k)
+        assert h["test_accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert h["test_loss"] == pytest.approx(loss, rel=1e-5)
+        assert h["train_loss"] == pytest.approx(np.mean(applied[n * (h["step"] - every):n * h["step"]]), rel=1e-9)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc_tb = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc_tb.Reload()
+    by_step = [(e.step, e.value) for e in acc_tb.Scalars("test/accuracy")]
+    by_time = [(e.step, e.value) for e in acc_tb.Scalars("vs_virtual_time_ms/test_accuracy")]
+    assert by_step == [(h["step"], pytest.approx(h["test_accuracy"])) for h in history]
+    assert by_time == [(int(h["virtual_s"] * 1e3), pytest.approx(h["test_accuracy"])) for h in history]
+    assert len(acc_tb.Scalars("vs_virtual_time_ms/train_loss")) == len(history)
+
+
+def test_async_ps_evaluation_during_training_leaves_training_unchanged(tmp_path: Path) -> None:
+    often, s_often = run_training(make_cfg(*EVAL_RUN, "eval_every=2", "log.tensorboard=false"), tmp_path / "a")
+    never, s_never = run_training(make_cfg(*EVAL_RUN, "eval_every=1000", "log.tensorboard=false"), tmp_path / "b")
+    assert len(s_often["history"]) == 12 and len(s_never["history"]) == 1
+    for r in range(5):
+        assert torch.equal(often.workers[r].flat_params(), never.workers[r].flat_params())
+    final = [{k: v for k, v in s["history"][-1].items() if k != "wall_s"} for s in (s_often, s_never)]
+    assert final[0] == final[1]     # the same clocks, byte counters, staleness and final model
+
+
+def test_async_ps_on_gloo_records_the_server_evaluations(gloo_runs: Path) -> None:
+    history = json.loads((gloo_runs / "async_ps" / "summary.json").read_text())["history"]
+    spe = history[0]["step"]
+    assert [h["step"] for h in history] == [spe * (e + 1) for e in range(30)]    # every epoch (eval_every default)
+    assert all(0.5 < h["test_accuracy"] <= 1.0 for h in history)

@@ -112,6 +112,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algo):
     assert tb_scalars(tmp_path / "split") == tb_scalars(tmp_path / "whole")
 
 
+
+def assert_same_run(whole, whole_summary, resumed, summary, whole_dir, resumed_dir):
+    """A resumed run equals the uninterrupted one: parameters, summary.json and TensorBoard."""
+    for r, x in params(whole).items():
+        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
+    assert comparable(summary) == comparable(whole_summary)
+    assert tb_scalars(resumed_dir) == tb_scalars(whole_dir)
+
+
 def test_resume_trains_further_into_a_new_run_dir(tmp_path):
     """Stop at max_steps=9, resume from that run's directory with max_steps=13.
 
@@ -123,10 +132,7 @@ def test_resume_trains_further_into_a_new_run_dir(tmp_path):
     assert ckpt.complete_steps(tmp_path / "first" / "checkpoints") == [8, 9]      # keep=2
     resumed, summary = run_training(make_cfg(*base, f"max_steps={STEPS}", f"resume={tmp_path / 'first'}"),
                                     tmp_path / "second")
-    for r, x in params(whole).items():
-        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
-    assert comparable(summary) == comparable(whole_summary)
-    assert tb_scalars(tmp_path / "second") == tb_scalars(tmp_path / "whole")
+    assert_same_run(whole, whole_summary, resumed, summary, tmp_path / "whole", tmp_path / "second")
 
 
 def test_async_ps_trains_further_from_its_last_cut(tmp_path):
@@ -140,10 +146,7 @@ def test_async_ps_trains_further_from_its_last_cut(tmp_path):
     assert ckpt.complete_steps(tmp_path / "first" / "checkpoints") == [10]
     resumed, summary = run_training(make_cfg(*base, f"max_steps={STEPS}", f"resume={tmp_path / 'first'}"),
                                     tmp_path / "second")
-    for r, x in params(whole).items():
-        assert torch.equal(x, params(resumed)[r]), f"worker {r}"
-    assert comparable(summary) == comparable(whole_summary)
-    assert tb_scalars(tmp_path / "second") == tb_scalars(tmp_path / "whole")
+    assert_same_run(whole, whole_summary, resumed, summary, tmp_path / "whole", tmp_path / "second")
 
 
 def test_checkpoint_holds_the_running_state(tmp_path):
