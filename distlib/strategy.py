@@ -14,8 +14,10 @@ points; a Strategy overrides only what is specific to it::
 
 Asynchronous strategies (``asynchronous = True``) also decide when a worker stops
 (``keep_training``), may ask for extra service ranks that run ``serve`` instead of training
-(a parameter server), and end their protocol in ``finish``; their runs are evaluated once,
-after ``finish``, because an evaluation is a global synchronisation point. One that can
+(a parameter server), and end their protocol in ``finish``; the trainer evaluates their runs
+once, after ``finish``, because its evaluation is a global synchronisation point, but a
+strategy may evaluate without one during training and hand those records over in
+``records`` (the parameter server does). One that can
 stop at a consistent cut (``consistent_cuts = True``) checkpoints there: ``serve`` returns
 and ``checkpoint_cut`` answers with the checkpoint's step, and every rank saves.
 
