@@ -80,23 +80,6 @@ class Strategy:
     #: checkpoint (``serve`` / ``checkpoint_cut``), so its runs checkpoint and resume
     consistent_cuts: bool = False
 
-    def keep_training(self, ctx: Context) -> bool:
-        """Start step ``ctx.step``? Asynchronous strategies may stop by their own rule."""
-        return ctx.step < ctx.total_steps
-
-    def serve(self, ctx: Context) -> int | None:
-        """The life of a service rank (see ``service_ranks``): None when the run ends, or the
-        step of a checkpoint at a consistent cut, after which it is called again."""
-        return None
-
-    def checkpoint_cut(self, ctx: Context) -> int | None:
-        """After a step of an asynchronous strategy: the checkpoint's step if the protocol has
-        just stopped every rank at a consistent cut (every rank then saves), else None."""
-        return None
-
-    def finish(self, ctx: Context) -> None:
-        """After the last step, on every rank: end an asynchronous protocol before the final evaluation."""
-
     def setup(self, ctx: Context) -> None:
         pass
 
@@ -119,6 +102,30 @@ class Strategy:
         """Extra per-worker figures for TensorBoard since the last call (averaged over workers)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- asynchronous protocols (see the module docstring) ----------------------------------
+    def keep_training(self, ctx: Context) -> bool:
+        """Start step ``ctx.step``? Asynchronous strategies may stop by their own rule."""
+        return ctx.step < ctx.total_steps
+
+    def serve(self, ctx: Context) -> int | None:
+        """The life of a service rank (see ``service_ranks``): None when the run ends, or the
+        step of a checkpoint at a consistent cut, after which it is called again."""
+        return None
+
+    def checkpoint_cut(self, ctx: Context) -> int | None:
+        """After a step of an asynchronous strategy: the checkpoint's step if the protocol has
+        just stopped every rank at a consistent cut (every rank then saves), else None."""
+        return None
+
+    def finish(self, ctx: Context) -> None:
+        """After the last step, on every rank: end an asynchronous protocol before the final evaluation."""
+
     def histograms(self) -> dict[str, list[float]]:
         """Values to show as TensorBoard histograms at the final evaluation (rank 0's)."""
         return {}
@@ -128,12 +135,6 @@ class Strategy:
         a global sync point (e.g. by the parameter server), in order; read on rank 0 after
         ``finish`` and logged before the final evaluation. Default: none."""
         return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm")
