@@ -192,7 +192,7 @@ def test_adpsgd_is_deterministic_under_a_seed_and_depends_on_it() -> None:
 
 # -- convergence on logistic regression ----------------------------------------------------------
 CONVEX = ("dataset=synthetic", "dataset.samples=600", "dataset.dim=5", "model=linear", "optim.momentum=0.0",
-          "optim.weight_decay=0.01", "optim.lr=0.5", "batch_size=20", "epochs=30", "optim.milestones=[15,25]",
+          "optim.weight_decay=0.01", "optim.lr=0.5", "batch_size=20", "epochs=30", "optim.milestones=[15,25,28]",
           "log.progress=false", "log.tensorboard=false", "eval.per_worker=false", "checkpoint.enabled=false",
           "cluster.step_time_s=0.01", "seed=1")
 
