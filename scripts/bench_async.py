@@ -1,6 +1,6 @@
 """Virtual time of synchronous vs asynchronous training with one straggler, side by side.
 
-    python scripts/bench_async.py [--steps 40] [--out bench_async.json]
+    python scripts/bench_async.py [--steps 40] [--out bench_results/bench_async.json]
 
 Runs allreduce_sgd, dpsgd, async_ps and ad_psgd on 4 simulated workers with speeds
 [1, 1, 1, 0.25] and a modelled 10 ms step (deterministic), the same sample budget each, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 
 from hydra import compose, initialize_config_module
@@ -34,7 +35,7 @@ def run(algo: str, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--out", default="bench_async.json")
+    p.add_argument("--out", default="bench_results/bench_async.json")
     a = p.parse_args()
     res = {algo: run(algo, a.steps) for algo in ALGOS}
     base = res["allreduce_sgd"]["virtual_s"]
@@ -42,6 +43,7 @@ def main() -> None:
         r["speedup_vs_allreduce"] = base / r["virtual_s"]
         print(f"{algo:14s} virtual {r['virtual_s']:.3f} s  x{r['speedup_vs_allreduce']:.2f}  "
               f"train_loss {r['train_loss']:.4f}")
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 
