@@ -235,6 +235,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+GLOO_EPOCHS = 10
+
+
 def _gloo_overrides(algo: str) -> list[str]:
     # async_ps: 2 workers + the server = 3 processes; ad_psgd: 3 workers
     workers = 2 if algo == "async_ps" else 3
@@ -242,7 +245,7 @@ def _gloo_overrides(algo: str) -> list[str]:
     # fewer gradients, which biases the model toward the others' data. Larger shards (so every
     # worker's data look alike) keep that bias well inside the 1% the test allows.
     return [*CONVEX, f"algorithm={algo}", f"workers={workers}", "topology=ring", "dataset.samples=2400",
-            "epochs=10", "optim.milestones=[5,8,9]"]
+            f"epochs={GLOO_EPOCHS}", "optim.milestones=[5,8,9]"]
 
 
 @pytest.fixture(scope="module")
@@ -377,5 +380,5 @@ def test_async_ps_evaluation_during_training_leaves_training_unchanged(tmp_path:
 def test_async_ps_on_gloo_records_the_server_evaluations(gloo_runs: Path) -> None:
     history = json.loads((gloo_runs / "async_ps" / "summary.json").read_text())["history"]
     spe = history[0]["step"]
-    assert [h["step"] for h in history] == [spe * (e + 1) for e in range(30)]    # every epoch (eval_every default)
+    assert [h["step"] for h in history] == [spe * (e + 1) for e in range(GLOO_EPOCHS)]  # every epoch (eval_every default)
     assert all(0.5 < h["test_accuracy"] <= 1.0 for h in history)
