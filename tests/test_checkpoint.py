@@ -313,7 +313,10 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
         (shard,) = ckpt.shards(where)
         x = ckpt.load_file(shard)["ranks"][0]["x"]
         assert torch.equal(x, torch.full((40000,), float(meta["step"])))
-        assert ckpt.complete_steps(root) == [meta["step"]]
+        # The newest complete checkpoint is the one found; a kill between committing a new one
+        # and deleting the previous one may leave that previous one too (nothing is lost).
+        steps = ckpt.complete_steps(root)
+        assert steps[-1] == meta["step"] and steps in ([meta["step"]], [meta["step"] - 1, meta["step"]])
         interrupted_mid_write += bool(list(root.glob("*.partial")))
     assert interrupted_mid_write >= 1      # the kills did land while a checkpoint was being written
 
