@@ -11,11 +11,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from distlib import schema
 from distlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distlib.strategy import Strategy
+
 
 def import_plugins(cfg: DictConfig) -> None:
     """Import the user's modules listed in ``imports`` so their registrations take effect.
@@ -33,8 +38,11 @@ def import_plugins(cfg: DictConfig) -> None:
             raise ConfigError(f"imports: cannot import {mod!r}: {e}") from None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first wrong value: the schema's fields, then the components."""
+def validate(cfg: DictConfig) -> Strategy:
+    """Raise ConfigError for the first wrong value: the schema's fields, then the components.
+
+    Returns the Strategy built to check the algorithm's options (its class attributes say
+    whether the run is asynchronous and how many service ranks it needs)."""
     schema.check(cfg)     # types, ranges and names of every field in distlib/schema.py
     import_plugins(cfg)
     for group in ("algorithm", "topology", "model", "dataset", "backend"):
@@ -51,4 +59,4 @@ def validate(cfg: DictConfig) -> None:
             reg.get(node.name)
     # An algorithm's constants are checked by its constructor, which only builds (no work).
     from distlib.trainer import build_strategy
-    build_strategy(cfg.algorithm)
+    return build_strategy(cfg.algorithm)

@@ -50,13 +50,12 @@ class Trainer:
     logger: RunLogger | None
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, backend: Backend | None = None) -> None:
-        validate(cfg)
+        algo = validate(cfg)    # every value checked before any work; the algorithm, built once
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         n = cfg.workers
         self.topology = build_topology(cfg.topology, n)
         self.cluster = ClusterModel.from_config(cfg.cluster, n)
-        algo = build_strategy(cfg.algorithm)    # checks the algorithm's options now; read for its shape
         self.asynchronous, self.service_ranks = algo.asynchronous, algo.service_ranks
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, _params(cfg.dataset, "partition", "alpha",
