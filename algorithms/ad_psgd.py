@@ -28,7 +28,8 @@ from collections import deque
 import numpy as np
 import torch
 
-from distlib import STRATEGIES, Context, Strategy
+from distlib.protocol import AsyncStrategy
+from distlib.strategy import STRATEGIES, Context
 from distlib.topology.graphs import Graph
 
 TAG_REQ, TAG_AVG = 111, 112     # request: [x_i, flag, steps seen]; flag 1 = average, 0 = stop; reply: [avg, steps seen]
@@ -51,9 +52,7 @@ def bipartite_split(graph: Graph) -> list[bool]:
 
 
 @STRATEGIES.register("ad_psgd")
-class ADPSGD(Strategy):
-    asynchronous = True
-
+class ADPSGD(AsyncStrategy):
     def __init__(self) -> None:
         self.averagings = 0     # pair averagings this worker took part in
         self.stopped: set[int] = set()  # passive: active neighbours that have finished
@@ -64,16 +63,15 @@ class ADPSGD(Strategy):
         active = bipartite_split(g)
         self.active = active[ctx.rank]
         self.partners = [j for j in g.neighbors(ctx.rank) if active[j] != self.active]
-        self.rng = np.random.default_rng([ctx.extras["seed"], ctx.rank])
+        self.rng = np.random.default_rng([ctx.seed, ctx.rank])
         self.seen = torch.zeros(ctx.world_size, dtype=ctx.worker.flat_params().dtype)  # steps done per worker
 
     def keep_training(self, ctx: Context) -> bool:
         return float(self.seen.sum()) < ctx.world_size * ctx.total_steps
 
-    def before_step(self, ctx: Context) -> None:
+    def progress(self, ctx: Context) -> float:
         # The lr schedule follows the run's progress (samples seen, in epochs), not this worker's own steps.
-        epoch = int(self.seen.sum()) // (ctx.world_size * ctx.steps_per_epoch)
-        ctx.worker.set_lr(ctx.extras["lr_at"](epoch))
+        return int(self.seen.sum()) // (ctx.world_size * ctx.steps_per_epoch)
 
     def after_backward(self, ctx: Context) -> None:
         # g_i is computed at the older x_i; average now, the optimizer then applies g_i

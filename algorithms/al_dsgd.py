@@ -24,20 +24,25 @@ multiples of T are plain base-method steps (same messages, same bytes).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from distlib import STRATEGIES, Context, Strategy
+from distlib.algorithms.dpsgd import DPSGD
+from distlib.algorithms.matcha import MATCHA
 from distlib.errors import ConfigError
-from distlib.gossip import MixPlan, mix_into
+from distlib.averaging import MixPlan, mix_into
 from distlib.leaders import LEADER_METRICS, select_leader
+from distlib.options import choice, integer, number
+from distlib.strategy import STRATEGIES, Context, Strategy
 
 PULL_FORMS = ("code", "paper")
-#: options AL-DSGD hands to its base when the base's constructor takes them
-BASE_OPTIONS = ("weights", "budget")
+#: the gossip bases, each built from the AL-DSGD option it takes (D-PSGD's weights, MATCHA's C_b)
+BASES: dict[str, Callable[[str, float], Strategy]] = {
+    "dpsgd": lambda weights, budget: DPSGD(weights=weights),
+    "matcha": lambda weights, budget: MATCHA(budget=budget),
+}
 
 
 # -- the formulas, shared by both pull forms ---------------------------------------------
@@ -96,25 +101,34 @@ class Neighbourhood:
 class ALDSGD(Strategy):
     """Adjacent-leader averaging and corrective force on top of a gossip ``base`` strategy."""
 
-    def __init__(self, base: str = "dpsgd", budget: float | None = 0.5, weights: str | None = "laplacian",
+    def __init__(self, base: str = "dpsgd", budget: float = 0.5, weights: str = "laplacian",
                  w_best: float = 0.3, w_degree: float = 0.1, pull_best: float = 0.2, pull_degree: float = 0.2,
                  period: int = 1, pull_form: str = "code", leader_metric: str = "loss") -> None:
-        for key, v in (("w_best", w_best), ("w_degree", w_degree), ("pull_best", pull_best),
-                       ("pull_degree", pull_degree)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ConfigError(f"algorithm.{key}: must be a number >= 0, got {v!r}")
-        if w_best + w_degree > 1:
+        """The published command's values (see docs/algorithms/al_dsgd.md).
+
+        ``base``: dpsgd or matcha, the method whose graph, sampling and mixing weights are used;
+        ``budget``: C_b, MATCHA base only; ``weights``: D-PSGD base only, laplacian (W = I - alpha L,
+        the released code) or metropolis; ``w_best``, ``w_degree``: w_N, w_tau, the averaging
+        weights of the best-performing and the maximal-degree leader; ``pull_best``,
+        ``pull_degree``: lambda_N, lambda_tau, the corrective forces; ``period``: T, leaders,
+        averaging and pull every T steps; ``pull_form``: code (pull after averaging, unscaled:
+        the released code) or paper (-gamma lambda pull in the gradient step);
+        ``leader_metric``: how N is chosen (loss: this step's mini-batch loss, lowest wins).
+        """
+        self.w_best, self.w_degree = (number(f"algorithm.{k}", v, ge=0) for k, v in
+                                      (("w_best", w_best), ("w_degree", w_degree)))        # w_N, w_tau
+        self.pull_best, self.pull_degree = (number(f"algorithm.{k}", v, ge=0) for k, v in
+                                            (("pull_best", pull_best), ("pull_degree", pull_degree)))  # lambda
+        if self.w_best + self.w_degree > 1:
             raise ConfigError(f"algorithm.w_best + algorithm.w_degree: must be <= 1 (z_i keeps weight "
                               f"1 - w_best - w_degree), got {w_best + w_degree}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ConfigError(f"algorithm.period: must be an integer >= 1, got {period!r}")
-        if pull_form not in PULL_FORMS:
-            raise ConfigError(f"algorithm.pull_form: unknown {pull_form!r}; allowed: {', '.join(PULL_FORMS)}")
-        self.base = _build_base(base, weights=weights, budget=budget)
+        self.period = integer("algorithm.period", period, ge=1)
+        self.pull_form = choice("algorithm.pull_form", pull_form, PULL_FORMS)
+        if base not in BASES:
+            raise ConfigError(f"algorithm.base: {base!r} is not a gossip base with plan(ctx); "
+                              f"allowed: {', '.join(BASES)}")
+        self.base = BASES[base](weights, budget)
         self.metric = LEADER_METRICS.build(leader_metric)
-        self.w_best, self.w_degree = float(w_best), float(w_degree)          # w_N, w_tau
-        self.pull_best, self.pull_degree = float(pull_best), float(pull_degree)  # lambda_N, lambda_tau
-        self.period, self.pull_form = period, pull_form
         self._plan: tuple[int, MixPlan] | None = None   # (step, plan): one plan per step
         self._leaders: tuple[int, int] | None = None    # paper form: (N, tau) chosen before the step
         self._n = 0
@@ -236,12 +250,3 @@ class ALDSGD(Strategy):
         self._best_count, self._degree_count = list(state["best_count"]), list(state["degree_count"])
         self._pull_sum, self._steps = float(state["pull_sum"]), int(state["steps"])
 
-
-def _build_base(name: str, **options: Any) -> Strategy:
-    """The base strategy by registry name, given those of ``options`` its constructor takes."""
-    gossip_bases = [n for n in STRATEGIES if n != "al_dsgd" and callable(getattr(STRATEGIES.get(n), "plan", None))]
-    if name not in gossip_bases:
-        raise ConfigError(f"algorithm.base: {name!r} is not a gossip strategy with plan(ctx); "
-                          f"allowed: {', '.join(gossip_bases)}")
-    takes = inspect.signature(STRATEGIES.get(name)).parameters
-    return STRATEGIES.build(name, {k: v for k, v in options.items() if v is not None and k in takes})

@@ -4,7 +4,7 @@ Started from identical parameters it equals single-process SGD on the union batc
 """
 from __future__ import annotations
 
-from distlib import STRATEGIES, Context, Strategy
+from distlib.strategy import STRATEGIES, Context, Strategy
 
 
 @STRATEGIES.register("allreduce_sgd")

@@ -1,7 +1,7 @@
 """Asynchronous parameter server (centralized, asynchronous).
 
-The server is an extra rank (rank n, after the n workers); it holds x and a version count.
-Worker i loops, never waiting for the other workers:
+Two roles: the server (:class:`ParameterServer`, an extra rank n after the n workers) holds
+x and a version count; worker i (:class:`AsyncPS`) loops, never waiting for the other workers:
 
     compute g_i at its copy of x (version v_i); push (g_i, v_i); receive the new x and version
 
@@ -45,8 +45,9 @@ from typing import Any, Callable
 
 import torch
 
-from distlib import STRATEGIES, Context, Strategy
-from distlib.errors import ConfigError
+from distlib.options import choice
+from distlib.protocol import AsyncStrategy, Service
+from distlib.strategy import STRATEGIES, Context
 
 SCALINGS = ("none", "inverse")
 # point-to-point tags of the protocol (each message kind on its own tag: a receive from any
@@ -59,36 +60,31 @@ RECORD_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "con
                "bytes_sent", "bytes_recv", "virtual_s", "wall_s", "staleness_max", "staleness_mean")
 
 
+def server_rank(ctx: Context) -> int:
+    return ctx.world_size - 1
+
+
+# -- worker ------------------------------------------------------------------------------------
 @STRATEGIES.register("async_ps")
-class AsyncPS(Strategy):
-    asynchronous = True
+class AsyncPS(AsyncStrategy):
+    """Worker i: push g_i with the version of x it was computed at; take the new x."""
+
     service_ranks = 1
     consistent_cuts = True
 
     def __init__(self, staleness_scaling: str = "none") -> None:
-        if staleness_scaling not in SCALINGS:
-            raise ConfigError(f"algorithm.staleness_scaling: unknown {staleness_scaling!r}; "
-                              f"allowed: {', '.join(SCALINGS)}")
-        self.staleness_scaling = staleness_scaling
-        self.version = 0            # worker: version of its copy of x; server: updates applied
-        self.go = True              # worker: the server has not said stop
-        self.staleness: list[int] = []      # every applied gradient's staleness (server; all ranks after finish)
-        self.applied: list[int] = []        # gradients applied per worker (server; all ranks after finish)
-        self.awaiting = False       # worker: its last reply was held back by a cut
-        self.cut: int | None = None     # worker: the step of the cut just announced, until saved
-        self.stopped = 0            # server: workers told to stop
-        self.joined = 0             # server: workers whose first pull it has received
-        self.held: list[tuple[int, float, int, torch.Tensor | None]] = []   # server: (i, kind, v_i, g_i) held at a cut
-        self.losses: list[float] = []   # worker: the loss of each gradient it pushed
-        # server: its records, each with "applied" (gradients applied per worker by then); all ranks after finish
-        self.evals: list[dict[str, Any]] = []
-        self.wall_before, self.t0 = 0.0, time.perf_counter()   # server wall clock (earlier segments, this one)
+        """``staleness_scaling``: none, or inverse (the server steps with lr / (1 + staleness))."""
+        self.staleness_scaling = choice("algorithm.staleness_scaling", staleness_scaling, SCALINGS)
+        self.version = 0            # the version of this worker's copy of x
+        self.go = True              # the server has not said stop
+        self.awaiting = False       # the last reply was held back by a cut
+        self.cut: int | None = None     # the step of the cut just announced, until saved
+        self.losses: list[float] = []   # the loss of each gradient pushed
+        self.results = Results()    # the server's record, after finish
 
-    @staticmethod
-    def server(ctx: Context) -> int:
-        return ctx.world_size - 1
+    def make_service(self) -> "ParameterServer":
+        return ParameterServer(self.staleness_scaling)
 
-    # -- worker ------------------------------------------------------------------------------
     def before_step(self, ctx: Context) -> None:
         if ctx.step == 0:   # the first pull; later ones come with the replies to pushes
             self._request(ctx, PULL)
@@ -110,14 +106,14 @@ class AsyncPS(Strategy):
         return cut
 
     def _request(self, ctx: Context, kind: float) -> None:
-        comm, srv = ctx.comm, self.server(ctx)
+        comm, srv = ctx.comm, server_rank(ctx)
         comm.send(torch.tensor([kind, self.version], dtype=torch.float64), srv, TAG_PUSH)
         if kind == PUSH:
             comm.send(ctx.worker.flat_grad(), srv, TAG_GRAD)
         self._reply(ctx)
 
     def _reply(self, ctx: Context) -> None:
-        comm, srv = ctx.comm, self.server(ctx)
+        comm, srv = ctx.comm, server_rank(ctx)
         reply = comm.recv(torch.zeros(2, dtype=torch.float64), srv, TAG_REPLY)
         self.awaiting = bool(reply[1] == CUT)
         if self.awaiting:
@@ -126,16 +122,103 @@ class AsyncPS(Strategy):
         comm.recv(ctx.worker.flat_params(), srv, TAG_PARAMS)
         self.version, self.go = int(reply[0]), bool(reply[1])
 
-    # -- server ------------------------------------------------------------------------------
+    def finish(self, ctx: Context) -> None:
+        self.results = self.results.shared(ctx, self.losses)
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.results.evals
+
+    def scalars(self) -> dict[str, float]:
+        return self.results.scalars()
+
+    def histograms(self) -> dict[str, list[float]]:
+        return {"staleness": [float(s) for s in self.results.staleness]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "go": self.go, "awaiting": self.awaiting, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version, self.go, self.awaiting = state["version"], state["go"], state["awaiting"]
+        self.losses = list(state["losses"])
+
+
+# -- what the server records, shared with every rank at the end -----------------------------------
+class Results:
+    """Every applied gradient's staleness, the gradients applied per worker, and the server's
+    evaluation records (each with ``applied``: the gradients applied per worker by then)."""
+
+    def __init__(self) -> None:
+        self.staleness: list[int] = []
+        self.applied: list[int] = []
+        self.evals: list[dict[str, Any]] = []
+
+    def scalars(self) -> dict[str, float]:
+        s = torch.tensor(self.staleness or [0], dtype=torch.float64)
+        return {"staleness_mean": float(s.mean()), "staleness_max": float(s.max())}
+
+    def shared(self, ctx: Context, losses: list[float]) -> "Results":
+        """Collective, on every rank after training: the server's x and record, with each record's
+        train_loss from the workers' ``losses`` (uncounted: measurement, not protocol)."""
+        comm, srv = ctx.comm, server_rank(ctx)
+        out = Results()
+        with comm.uncounted():
+            comm.broadcast(ctx.worker.flat_params(), src=srv)
+            size = comm.broadcast(torch.tensor([len(self.staleness), len(self.applied)], dtype=torch.float64), src=srv)
+            record = torch.zeros(int(size[0]) + int(size[1]), dtype=torch.float64)
+            if ctx.rank == srv:
+                record.copy_(torch.tensor(self.staleness + self.applied, dtype=torch.float64))
+            comm.broadcast(record, src=srv)
+            out.evals = self._share_evals(ctx, losses)
+        k = int(size[0])
+        out.staleness, out.applied = [int(s) for s in record[:k]], [int(a) for a in record[k:]]
+        return out
+
+    def _share_evals(self, ctx: Context, losses: list[float]) -> list[dict[str, Any]]:
+        comm, srv, n = ctx.comm, server_rank(ctx), ctx.world_size - 1
+        m = int(comm.broadcast(torch.tensor([len(self.evals)], dtype=torch.float64), src=srv))
+        if m == 0:
+            return []
+        table = torch.zeros(m, len(RECORD_KEYS) + n, dtype=torch.float64)
+        if ctx.rank == srv:
+            table.copy_(torch.tensor([[r[k] for k in RECORD_KEYS] + r["applied"] for r in self.evals],
+                                     dtype=torch.float64))
+        comm.broadcast(table, src=srv)
+        counts = [int(c) for c in comm.all_gather(torch.tensor([len(losses)], dtype=torch.float64))]
+        mine = torch.zeros(max(counts), dtype=torch.float64)
+        mine[:len(losses)] = torch.tensor(losses, dtype=torch.float64)
+        gathered = comm.all_gather(mine)          # gathered[i][k]: worker i's k-th pushed gradient
+        evals, before = [], [0] * n
+        for row in table:
+            applied = [int(a) for a in row[len(RECORD_KEYS):]]
+            # the server applies each worker's gradients in the order pushed: the k-th applied is its k-th loss
+            since = torch.cat([gathered[i][before[i]:applied[i]] for i in range(n)])
+            record = dict(zip(RECORD_KEYS, (float(v) for v in row[:len(RECORD_KEYS)])))
+            record.update(step=int(record["step"]), train_loss=float(since.mean()))
+            evals.append(record)
+            before = applied
+        return evals
+
+
+# -- server ------------------------------------------------------------------------------------
+class ParameterServer(Service):
+    """Rank n: apply each pushed gradient on arrival, answer with the new x (see the module docstring)."""
+
+    def __init__(self, staleness_scaling: str = "none") -> None:
+        self.staleness_scaling = staleness_scaling
+        self.version = 0            # updates applied
+        self.stopped = 0            # workers told to stop
+        self.joined = 0             # workers whose first pull it has received
+        self.held: list[tuple[int, float, int, torch.Tensor | None]] = []   # (i, kind, v_i, g_i) held at a cut
+        self.results = Results()
+        self.wall_before, self.t0 = 0.0, time.perf_counter()   # wall clock (earlier segments, this one)
+
     def serve(self, ctx: Context) -> int | None:
         """Answer requests until every worker has been told to stop (None), or until a cut (its step)."""
-        comm, worker = ctx.comm, ctx.worker
+        comm, worker, res = ctx.comm, ctx.worker, self.results
         n = ctx.world_size - 1
         budget = n * ctx.total_steps
-        lr_at, due = ctx.extras["lr_at"], ctx.extras.get("checkpoint_due", lambda done: False)
-        every = ctx.extras.get("eval_every")    # None: no evaluation during training
         head = torch.zeros(2, dtype=torch.float64)
-        self.applied = self.applied or [0] * n
+        res.applied = res.applied or [0] * n
         while self.stopped < n:
             live = not self.held
             if live:
@@ -145,12 +228,13 @@ class AsyncPS(Strategy):
             else:           # requests held at a cut come first, in the order they were taken
                 i, kind, v, g = self.held.pop(0)
             if kind == PUSH and self.version < budget:   # later pushes are dropped: the budget is spent
-                self._apply(worker, g, self.version - v, lr_at(self.version // (n * ctx.steps_per_epoch)))
-                self.applied[i] += 1
-                if every and self.version % (n * every) == 0 and self.version < budget:  # the last: final evaluation
-                    self._record(ctx, lr_at((self.version - 1) // (n * ctx.steps_per_epoch)))
+                self._apply(ctx, g, self.version - v)
+                res.applied[i] += 1
+                every = ctx.eval_every      # the last is the final evaluation
+                if every and self.version % (n * every) == 0 and self.version < budget:
+                    self._record(ctx)
                 # held requests apply fewer than n gradients after a cut at a multiple of n: none is a cut
-                if live and self._cut_due(n, due):
+                if live and self._cut_due(n, ctx.checkpoint_due):
                     return self._cut(ctx, i)
             go = self.version < budget
             self.stopped += not go
@@ -178,89 +262,51 @@ class AsyncPS(Strategy):
             comm.send(torch.tensor([step, CUT], dtype=torch.float64), j, TAG_REPLY)
         return step
 
-    def _record(self, ctx: Context, lr: float) -> None:
-        """Evaluate x at this version, outside the run's counted time and traffic (no message is sent)."""
-        comm, step = ctx.comm, self.version // (ctx.world_size - 1)
-        with comm.uncounted():
-            ev = ctx.worker.evaluate(ctx.extras["test_set"])
-        c = comm.counters
-        traffic = (c.bytes_sent + c.bytes_recv) / ctx.world_size    # every byte goes to or from the server
-        s = torch.tensor(self.staleness, dtype=torch.float64)
-        self.evals.append({"step": step, "epoch": step / ctx.steps_per_epoch, "train_loss": math.nan,
-                           "test_loss": ev.loss, "test_accuracy": ev.accuracy, "consensus_distance": math.nan,
-                           "lr": lr, "bytes_sent": traffic, "bytes_recv": traffic, "virtual_s": c.clock,
-                           "wall_s": self.wall_before + time.perf_counter() - self.t0,
-                           "staleness_max": float(s.max()), "staleness_mean": float(s.mean()),
-                           "applied": list(self.applied)})
-
-    def _apply(self, worker, g: torch.Tensor, s: int, lr: float) -> None:
+    def _apply(self, ctx: Context, g: torch.Tensor, s: int) -> None:
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
-        worker.set_lr(lr / (1 + s) if self.staleness_scaling == "inverse" else lr)
+        worker, n = ctx.worker, ctx.world_size - 1
+        assert ctx.lr is not None
+        ctx.lr.apply(worker, self.version // (n * ctx.steps_per_epoch),
+                     divisor=1 + s if self.staleness_scaling == "inverse" else 1.0)
         worker.flat_grad().copy_(g)
         worker.optimizer_step()
         self.version += 1
-        self.staleness.append(s)
+        self.results.staleness.append(s)
 
-    # -- end and measurement -----------------------------------------------------------------
-    def finish(self, ctx: Context) -> None:
-        """Every rank takes the server's x and its staleness record (for the evaluation and logs)."""
-        comm, srv = ctx.comm, self.server(ctx)
+    def _record(self, ctx: Context) -> None:
+        """Evaluate x at this version, outside the run's counted time and traffic (no message is sent)."""
+        comm, n = ctx.comm, ctx.world_size - 1
+        step = self.version // n
+        assert ctx.lr is not None and ctx.test_set is not None
         with comm.uncounted():
-            comm.broadcast(ctx.worker.flat_params(), src=srv)
-            size = comm.broadcast(torch.tensor([len(self.staleness), len(self.applied)], dtype=torch.float64), src=srv)
-            record = torch.zeros(int(size[0]) + int(size[1]), dtype=torch.float64)
-            if ctx.rank == srv:
-                record.copy_(torch.tensor(self.staleness + self.applied, dtype=torch.float64))
-            comm.broadcast(record, src=srv)
-            self._share_evals(ctx)
-        k = int(size[0])
-        self.staleness, self.applied = [int(s) for s in record[:k]], [int(a) for a in record[k:]]
+            ev = ctx.worker.evaluate(ctx.test_set)
+        c = comm.counters
+        traffic = (c.bytes_sent + c.bytes_recv) / ctx.world_size    # every byte goes to or from the server
+        s = torch.tensor(self.results.staleness, dtype=torch.float64)
+        self.results.evals.append({
+            "step": step, "epoch": step / ctx.steps_per_epoch, "train_loss": math.nan,
+            "test_loss": ev.loss, "test_accuracy": ev.accuracy, "consensus_distance": math.nan,
+            "lr": ctx.lr((self.version - 1) // (n * ctx.steps_per_epoch)),
+            "bytes_sent": traffic, "bytes_recv": traffic, "virtual_s": c.clock,
+            "wall_s": self.wall_before + time.perf_counter() - self.t0,
+            "staleness_max": float(s.max()), "staleness_mean": float(s.mean()),
+            "applied": list(self.results.applied)})
 
-    def _share_evals(self, ctx: Context) -> None:
-        """Every rank takes the server's records, with train_loss from the workers' losses (collectives)."""
-        comm, srv, n = ctx.comm, self.server(ctx), ctx.world_size - 1
-        m = int(comm.broadcast(torch.tensor([len(self.evals)], dtype=torch.float64), src=srv))
-        if m == 0:
-            return
-        table = torch.zeros(m, len(RECORD_KEYS) + n, dtype=torch.float64)
-        if ctx.rank == srv:
-            table.copy_(torch.tensor([[r[k] for k in RECORD_KEYS] + r["applied"] for r in self.evals],
-                                     dtype=torch.float64))
-        comm.broadcast(table, src=srv)
-        counts = [int(c) for c in comm.all_gather(torch.tensor([len(self.losses)], dtype=torch.float64))]
-        mine = torch.zeros(max(counts), dtype=torch.float64)
-        mine[:len(self.losses)] = torch.tensor(self.losses, dtype=torch.float64)
-        losses = comm.all_gather(mine)          # losses[i][k]: worker i's k-th pushed gradient
-        self.evals, before = [], [0] * n
-        for row in table:
-            applied = [int(a) for a in row[len(RECORD_KEYS):]]
-            # the server applies each worker's gradients in the order pushed: the k-th applied is its k-th loss
-            since = torch.cat([losses[i][before[i]:applied[i]] for i in range(n)])
-            record = dict(zip(RECORD_KEYS, (float(v) for v in row[:len(RECORD_KEYS)])))
-            record.update(step=int(record["step"]), train_loss=float(since.mean()))
-            self.evals.append(record)
-            before = applied
-
-    def records(self) -> list[dict[str, Any]]:
-        return self.evals
+    def finish(self, ctx: Context) -> None:
+        self.results = self.results.shared(ctx, [])
 
     def scalars(self) -> dict[str, float]:
-        s = torch.tensor(self.staleness or [0], dtype=torch.float64)
-        return {"staleness_mean": float(s.mean()), "staleness_max": float(s.max())}
-
-    def histograms(self) -> dict[str, list[float]]:
-        return {"staleness": [float(s) for s in self.staleness]}
+        return self.results.scalars()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "go": self.go, "awaiting": self.awaiting, "staleness": list(self.staleness),
-                "applied": list(self.applied), "stopped": self.stopped, "joined": self.joined,
-                "held": [list(h) for h in self.held], "losses": list(self.losses),
-                "evals": [dict(r) for r in self.evals], "wall_s": self.wall_before + time.perf_counter() - self.t0}
+        r = self.results
+        return {"version": self.version, "stopped": self.stopped, "joined": self.joined,
+                "held": [list(h) for h in self.held], "staleness": list(r.staleness), "applied": list(r.applied),
+                "evals": [dict(e) for e in r.evals], "wall_s": self.wall_before + time.perf_counter() - self.t0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.version, self.go, self.awaiting = state["version"], state["go"], state["awaiting"]
-        self.staleness, self.applied = list(state["staleness"]), list(state["applied"])
-        self.stopped, self.joined = state["stopped"], state["joined"]
+        self.version, self.stopped, self.joined = state["version"], state["stopped"], state["joined"]
         self.held = [tuple(h) for h in state["held"]]  # type: ignore[misc]
-        self.losses, self.evals = list(state["losses"]), [dict(r) for r in state["evals"]]
+        self.results.staleness, self.results.applied = list(state["staleness"]), list(state["applied"])
+        self.results.evals = [dict(e) for e in state["evals"]]
         self.wall_before, self.t0 = state["wall_s"], time.perf_counter()

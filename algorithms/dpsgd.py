@@ -8,9 +8,10 @@ W is Metropolis-Hastings (default) or I - alpha L with alpha = 2 / (lambda_2 + l
 """
 from __future__ import annotations
 
-from distlib import STRATEGIES, Context, Strategy
 from distlib.errors import ConfigError
-from distlib.gossip import MixPlan, WeightCache, gossip
+from distlib.averaging import MixPlan, WeightCache, gossip
+from distlib.options import choice, number
+from distlib.strategy import STRATEGIES, Context, Strategy
 from distlib.topology.mixing import WEIGHTS
 
 FORMS = ("atc", "cta")
@@ -19,14 +20,14 @@ FORMS = ("atc", "cta")
 @STRATEGIES.register("dpsgd")
 class DPSGD(Strategy):
     def __init__(self, form: str = "atc", weights: str = "metropolis", alpha: float | None = None) -> None:
-        if form not in FORMS:
-            raise ConfigError(f"algorithm.form: unknown {form!r}; allowed: {', '.join(FORMS)}")
-        if weights not in WEIGHTS:
-            raise ConfigError(f"algorithm.weights: unknown {weights!r}; allowed: {', '.join(WEIGHTS)}")
-        if alpha is not None and (weights != "laplacian" or isinstance(alpha, bool)
-                                  or not isinstance(alpha, (int, float)) or not alpha > 0):
+        """``form``: atc (adapt then combine, the MATCHA / AL-DSGD baselines) or cta (combine then
+        adapt, the paper's); ``weights``: metropolis or laplacian (I - alpha L); ``alpha``: with
+        laplacian, a fixed alpha instead of 2 / (lambda_2 + lambda_n)."""
+        self.form = choice("algorithm.form", form, FORMS)
+        choice("algorithm.weights", weights, WEIGHTS)
+        if alpha is not None and weights != "laplacian":
             raise ConfigError(f"algorithm.alpha: a number > 0 used with weights=laplacian, got {alpha!r}")
-        self.form = form
+        alpha = number("algorithm.alpha", alpha, gt=0, optional=True)
         self.weights = WeightCache(weights, alpha)  # W per graph, computed once
 
     def plan(self, ctx: Context) -> MixPlan:

@@ -1,16 +1,14 @@
 """Local SGD / periodic averaging: H local steps, then x_i <- (1/n) sum_j x_j."""
 from __future__ import annotations
 
-from distlib import STRATEGIES, Context, Strategy
-from distlib.errors import ConfigError
+from distlib.options import integer
+from distlib.strategy import STRATEGIES, Context, Strategy
 
 
 @STRATEGIES.register("local_sgd")
 class LocalSGD(Strategy):
     def __init__(self, period: int = 4) -> None:
-        if period < 1:
-            raise ConfigError(f"algorithm.period: must be an integer >= 1, got {period}")
-        self.period = period    # H
+        self.period = integer("algorithm.period", period, ge=1)    # H
 
     def after_step(self, ctx: Context) -> None:
         if (ctx.step + 1) % self.period == 0:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from distlib import STRATEGIES, Context, Strategy
-from distlib.errors import ConfigError
-from distlib.gossip import MixPlan, gossip
+from distlib.averaging import MixPlan, gossip
+from distlib.options import choice, number
+from distlib.strategy import STRATEGIES, Context, Strategy
 from distlib.topology.activation import MatchaDesign, matcha_design
 from distlib.topology.matching import DECOMPOSITIONS
 
@@ -29,14 +29,13 @@ from distlib.topology.matching import DECOMPOSITIONS
 @STRATEGIES.register("matcha")
 class MATCHA(Strategy):
     def __init__(self, budget: float = 0.5, decomposition: str = "auto", tol: float = 1e-10) -> None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-            raise ConfigError(f"algorithm.budget: C_b must be a number in (0, 1], got {budget!r}")
-        if decomposition not in DECOMPOSITIONS:
-            raise ConfigError(f"algorithm.decomposition: unknown {decomposition!r}; "
-                              f"allowed: {', '.join(DECOMPOSITIONS)}")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-            raise ConfigError(f"algorithm.tol: must be a number in (0, 1), got {tol!r}")
-        self.budget, self.decomposition, self.tol = float(budget), decomposition, float(tol)
+        """``budget``: C_b in (0, 1], the expected fraction of D-PSGD's communication time (paper:
+        0.5); ``decomposition``: auto (the published matchings for the paper's graphs, edge
+        colouring otherwise), published, or coloring; ``tol``: final barrier weight of the p_j
+        solver (objective within ~1e-8)."""
+        self.budget = number("algorithm.budget", budget, gt=0, le=1)
+        self.decomposition = choice("algorithm.decomposition", decomposition, DECOMPOSITIONS)
+        self.tol = number("algorithm.tol", tol, gt=0, lt=1)
         self._sums = np.zeros(5)    # steps, active matchings, E[active], peers, E[peers] since last scalars()
 
     def design(self, ctx: Context) -> MatchaDesign:
@@ -46,8 +45,8 @@ class MATCHA(Strategy):
     def activations(self, ctx: Context) -> np.ndarray:
         """Which matchings are active at this step: the same on every worker (shared seed and k).
 
-        The seed is the Trainer's ``ctx.extras["seed"]`` (``seed_for(seed, "strategy")``); 0 if absent."""
-        rng = np.random.default_rng([int(ctx.extras.get("seed", 0)), ctx.step])
+        The seed is the run's strategy seed ``ctx.seed`` (``seed_for(seed, "strategy")``)."""
+        rng = np.random.default_rng([int(ctx.seed), ctx.step])
         return self.design(ctx).active(rng)
 
     def plan(self, ctx: Context) -> MixPlan:

@@ -9,7 +9,7 @@ rank of each process writes that process's shard (one shard on the simulated bac
 per process under torch.distributed) and rank 0 adds the metadata (config, logger history)
 and commits the checkpoint atomically (see :mod:`distlib.checkpoint`). An asynchronous
 strategy instead stops every rank at a consistent cut of its protocol, and all ranks save
-under the step the cut names (see ``Strategy.consistent_cuts`` and docs/checkpoints.md).
+under the step the cut names (see ``AsyncStrategy.consistent_cuts`` and docs/checkpoints.md).
 
 ``resume`` selects where a run continues from: null (start fresh; under torchrun after a
 restart, TORCHELASTIC_RESTART_COUNT > 0, the latest checkpoint if there is one), ``auto``
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,21 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from distlib import checkpoint as ckpt
 from distlib.errors import CheckpointError, DivergenceError
+from distlib.step import LoopState
 
 if TYPE_CHECKING:
     from distlib.comm.base import Communicator
     from distlib.metrics import RunLogger
+    from distlib.protocol import Service
     from distlib.strategy import Context, Strategy
-
-
-@dataclass
-class LoopState:
-    """The training loop's own variables, restored with everything else."""
-
-    step: int = 0                       # steps done: the index of the next step
-    loss_sum: float = 0.0               # train loss summed since the last evaluation
-    loss_count: int = 0
-    last_finite: float = float("nan")   # for the divergence message
 
 
 class Checkpointer:
@@ -101,7 +93,7 @@ class Checkpointer:
                     or (self.epoch_end and done % self.steps_per_epoch == 0))
 
     # -- saving (called by every worker, at the same step) ----------------------------------------
-    def save(self, ctx: "Context", strategy: "Strategy", loop: LoopState, logger: "RunLogger | None",
+    def save(self, ctx: "Context", strategy: "Strategy | Service", loop: LoopState, logger: "RunLogger | None",
              at: int | None = None) -> None:
         """Save at step ``at`` (default ``loop.step``; an asynchronous cut names its own step,
         which every rank passes alike although their loops are at different steps)."""
@@ -136,7 +128,7 @@ class Checkpointer:
             comm.barrier()      # committed before anyone moves on (and perhaps fails)
 
     # -- restoring (called by every worker, after Strategy.setup) ---------------------------------
-    def restore(self, ctx: "Context", strategy: "Strategy", logger: "RunLogger | None") -> LoopState:
+    def restore(self, ctx: "Context", strategy: "Strategy | Service", logger: "RunLogger | None") -> LoopState:
         """Load this worker's state from the resume checkpoint; return the loop state to go on from."""
         assert self.source is not None and self.meta is not None
         comm, rank = ctx.comm, ctx.rank

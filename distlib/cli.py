@@ -44,7 +44,8 @@ def main() -> None:
     # every other config error.
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    from distlib.dist_backend import rank_hydra_overrides
+    from distlib.config import register_configs
+    register_configs()
     sys.argv += rank_hydra_overrides(sys.argv[1:])     # under torchrun, only rank 0 writes files
     try:
         _hydra_main()
@@ -54,6 +55,23 @@ def main() -> None:
     finally:
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def rank_hydra_overrides(argv: list[str], environ: dict[str, str] | None = None) -> list[str]:
+    """Extra Hydra overrides so that ranks other than 0 write nothing.
+
+    Rank 0 owns the run directory (config, log, TensorBoard, summary.json). The other ranks
+    run in the working directory (or the ``hydra.run.dir`` given on the command line, which
+    all ranks then share), with no ``.hydra`` copy and no log file, so they leave no
+    half-empty run directories behind.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("RANK", "0") == "0":
+        return []
+    extra = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    if not any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in argv):
+        extra.append("hydra.run.dir=.")
+    return extra
 
 
 def _one_line(e: CompactHydraException) -> str:

@@ -1,25 +1,61 @@
-"""Checks on the run config, in one place, before any work starts.
+"""The run config: Hydra config nodes made from the one declaration of each default, and the
+checks on a composed config, in one place, before any work starts.
 
-Each failure is a ConfigError whose one-line message names the field and what is allowed.
-The fields of the run itself (top level, optim, network, cluster, dataset partition,
-checkpoint, eval, log) are described, with their types and ranges, in distlib/schema.py.
-Component-specific options (an algorithm's constants, a topology's parameters) are checked
-by the component's own constructor, so adding an option adds its check beside it.
+Where defaults are declared (and nowhere else):
+
+- run-level fields and the optim / network / cluster groups: the dataclasses of
+  :mod:`distlib.schema`;
+- a component's options (an algorithm's constants, a backend's settings): the keyword
+  arguments of its constructor, with their defaults.
+
+:func:`register_configs` stores both in Hydra's ConfigStore, so ``algorithm=matcha`` brings
+MATCHA's options with their defaults and ``algorithm.budget=0.3`` overrides one. The YAML
+files under ``configs/`` keep only presets (``network=wan``, ``algorithm=al_dsgd_matcha``)
+and the choices of models, topologies and datasets. Each check failure is a ConfigError
+whose one-line message names the field and what is allowed.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from distlib import schema
 from distlib.errors import ConfigError
 
 if TYPE_CHECKING:
     from distlib.strategy import Strategy
+
+#: the config groups whose options are a component's constructor arguments
+COMPONENT_GROUPS = ("algorithm", "topology", "model", "dataset", "backend")
+#: constructor arguments a backend gets from the runtime, not from its config group
+_BACKEND_RUNTIME_ARGS = ("workers", "network", "speeds")
+
+
+def register_configs() -> None:
+    """Put the declared defaults into Hydra's ConfigStore (idempotent; cheap after the first call).
+
+    Called by ``distlib-train`` before composing. Code that composes ``pkg://distlib.configs``
+    through Hydra's API itself calls it first.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from distlib.comm.base import BACKENDS
+    from distlib.registry import defaults_of
+    from distlib.strategy import STRATEGIES
+    cs = ConfigStore.instance()
+    cs.store(name="run_defaults", node=schema.run_defaults())
+    cs.store(group="optim", name="sgd", node=schema.asdict_of(schema.OptimConfig))
+    cs.store(group="network", name="ideal", node=schema.asdict_of(schema.NetworkConfig))
+    cs.store(group="cluster", name="default", node=schema.asdict_of(schema.ClusterConfig))
+    for name in STRATEGIES:
+        cs.store(group="algorithm", name=name, node={"name": name, **defaults_of(STRATEGIES.get(name))})
+    for name in BACKENDS:
+        cs.store(group="backend", name=name,
+                 node={"name": name, **defaults_of(BACKENDS.get(name), *_BACKEND_RUNTIME_ARGS)})
 
 
 def import_plugins(cfg: DictConfig) -> None:
@@ -38,18 +74,18 @@ def import_plugins(cfg: DictConfig) -> None:
             raise ConfigError(f"imports: cannot import {mod!r}: {e}") from None
 
 
-def validate(cfg: DictConfig) -> Strategy:
+def validate(cfg: DictConfig) -> "Strategy":
     """Raise ConfigError for the first wrong value: the schema's fields, then the components.
 
-    Returns the Strategy built to check the algorithm's options (its class attributes say
-    whether the run is asynchronous and how many service ranks it needs)."""
+    Returns the Strategy built to check the algorithm's options (its class says whether the
+    run is asynchronous and how many service ranks it needs)."""
     schema.check(cfg)     # types, ranges and names of every field in distlib/schema.py
     import_plugins(cfg)
-    for group in ("algorithm", "topology", "model", "dataset", "backend"):
+    for group in COMPONENT_GROUPS:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or not (node.get("name") or node.get("_target_")):
             raise ConfigError(f"{group}: missing; choose one with {group}=NAME")
-    from distlib.backends import BACKENDS
+    from distlib.comm.base import BACKENDS
     from distlib.data import DATASETS
     from distlib.models import MODELS
     from distlib.strategy import STRATEGIES
@@ -58,5 +94,23 @@ def validate(cfg: DictConfig) -> Strategy:
         if node.get("name") and "_target_" not in node:
             reg.get(node.name)
     # An algorithm's constants are checked by its constructor, which only builds (no work).
-    from distlib.trainer import build_strategy
     return build_strategy(cfg.algorithm)
+
+
+def build_strategy(cfg: DictConfig | dict) -> "Strategy":
+    """A Strategy from ``{name: ..., **params}`` or ``{_target_: module.Class, **params}``."""
+    from distlib.registry import check_params
+    from distlib.strategy import STRATEGIES
+    if "_target_" in cfg:
+        from hydra.utils import get_class
+        cls = get_class(cfg["_target_"])
+        params = params_of(cfg, "_target_")
+        check_params(cls, params, "algorithm")
+        return cls(**params)
+    return STRATEGIES.build(cfg["name"], params_of(cfg))
+
+
+def params_of(cfg: DictConfig | dict, *drop: str) -> dict[str, Any]:
+    """A config group's options as constructor keyword arguments (without ``name`` and ``drop``)."""
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in d.items() if k not in ("name", *drop)}

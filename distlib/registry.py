@@ -2,15 +2,20 @@
 
 Users register their own classes the same way the library does::
 
-    from distlib import STRATEGIES, Strategy
+    from distlib.strategy import STRATEGIES, Strategy
 
     @STRATEGIES.register("my_algo")
     class MyAlgo(Strategy): ...
+
+The library's own entries are declared ``lazy``: a name maps to the module that registers
+it, imported the first time the name is looked up. So registration never depends on what
+was imported before, and importing a registry does not import torch or every algorithm.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from distlib.errors import ConfigError
 
@@ -20,10 +25,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> class (or factory) table with clear errors for unknown or duplicate names."""
 
-    def __init__(self, kind: str, field: str) -> None:
+    def __init__(self, kind: str, field: str, lazy: Mapping[str, str] | None = None) -> None:
         self.kind = kind    # "strategy", used in messages
         self.field = field  # the config field that selects it, e.g. "algorithm"
         self._table: dict[str, Callable[..., T]] = {}
+        self._lazy: dict[str, str] = dict(lazy or {})   # name -> module whose import registers it
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(obj: Callable[..., T]) -> Callable[..., T]:
@@ -35,9 +41,11 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
+        if name not in self._table and name in self._lazy:
+            importlib.import_module(self._lazy[name])
         if name not in self._table:
             raise ConfigError(f"{self.field}: unknown {self.kind} {name!r}; "
-                              f"available: {', '.join(sorted(self._table))}")
+                              f"available: {', '.join(self.names())}")
         return self._table[name]
 
     def build(self, name: str, params: dict[str, Any] | None = None, **extra: Any) -> T:
@@ -47,17 +55,22 @@ class Registry(Generic[T]):
         check_params(factory, params, f"{self.field}")
         return factory(**params, **extra)
 
+    def load_all(self) -> None:
+        """Import every lazily declared entry (to list or inspect them all)."""
+        for name in list(self._lazy):
+            self.get(name)
+
     def names(self) -> list[str]:
-        return sorted(self._table)
+        return sorted(set(self._table) | set(self._lazy))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._table
+        return name in self._table or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
 
-def check_params(factory: Callable[..., Any], params: dict[str, Any], where: str) -> None:
+def check_params(factory: Callable[..., Any], params: Mapping[str, Any], where: str) -> None:
     """Raise a ConfigError naming any key in ``params`` that ``factory`` does not accept."""
     sig = inspect.signature(factory)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -67,3 +80,10 @@ def check_params(factory: Callable[..., Any], params: dict[str, Any], where: str
     for key in params:
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: unknown option; allowed: {', '.join(allowed) or 'none'}")
+
+
+def defaults_of(factory: Callable[..., Any], *skip: str) -> dict[str, Any]:
+    """The keyword options of ``factory`` with their defaults: what a config group node holds."""
+    return {n: p.default for n, p in inspect.signature(factory).parameters.items()
+            if n not in ("self", *skip) and p.default is not p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

@@ -1,22 +1,19 @@
-"""The run config's schema: one dataclass per config group, checked before any work starts.
+"""The run config's schema: the one source of every run-level default, type and range.
 
-Each field's type annotation and its ``rule(...)`` (range, allowed names) are the check, so
-adding a field here adds its check. :func:`check` walks a composed config against
-:class:`TrainConfig` and raises a one-line ConfigError naming the field and what is allowed::
+One dataclass per group; :func:`distlib.config.register_configs` stores their defaults as
+Hydra config nodes (the YAML files keep only presets), and :func:`check` walks a composed
+config against :class:`TrainConfig`, raising a one-line ConfigError naming the field::
 
     optim.lr: must be a number > 0, got -0.1
     checkpoint.every: must be an integer >= 1 or null, got 'often'
 
-Groups whose options belong to a swappable component (algorithm, topology, model, the
-backend's own options) are checked by that component's constructor instead (see
-:func:`distlib.registry.check_params`); fields not listed here are left to their consumer,
-so a group may grow options that its component checks itself. Misspelt keys never get this
-far: Hydra refuses an override of a key that does not exist.
+The check is stricter than OmegaConf's typed configs, which take 'yes' and 1 for true.
+Groups whose options belong to a swappable component (algorithm, topology, model, dataset,
+backend) are checked by that component's constructor, which declares them.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -24,15 +21,18 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distlib.errors import ConfigError
+from distlib.options import describe_range, in_range, is_integer, is_number
 
 
 def rule(default: Any = None, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-         le: float | None = None) -> Any:
-    """A dataclass field with a range: ``lr: float = rule(0.05, gt=0)``."""
-    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+         le: float | None = None, allowed: str | None = None) -> Any:
+    """A dataclass field with a range (``lr: float = rule(0.05, gt=0)``) or a description of
+    what is allowed, for types the message cannot say by itself."""
+    meta = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le), ("allowed", allowed))
+            if v is not None}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=bounds)
-    return field(default=default, metadata=bounds)
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # -- the groups -------------------------------------------------------------------------------
@@ -50,22 +50,23 @@ class OptimConfig:
 class NetworkConfig:
     latency_ms: float = rule(0.0, ge=0)
     bandwidth_mbps: Optional[float] = rule(None, gt=0)
-    nodes: list[Any] = rule([])     # entries checked by distlib.network (rank, latency_ms, bandwidth_mbps)
-    links: list[Any] = rule([])     # entries checked by distlib.network (src, dst, ...)
+    nodes: list[Any] = rule([])     # per-worker NICs, checked by distlib.network: [{rank, latency_ms, bandwidth_mbps}]
+    links: list[Any] = rule([])     # per-link overrides, checked by distlib.network: [{src, dst, ...}]
 
 
 @dataclass
 class ClusterConfig:
-    speeds: Optional[list[float]] = rule(None, gt=0)    # one per worker
-    speed_dist: Optional[dict] = None                   # its options are checked by distlib.cluster
-    seed: int = rule(0, ge=0)
+    speeds: Optional[list[float]] = rule(None, gt=0)    # relative compute speed, one per worker
+    speed_dist: Optional[dict] = None                   # drawn once; its options are checked by distlib.cluster
+    seed: int = rule(0, ge=0)                           # for speed_dist and slowdowns (not the run's seed)
     slowdown_prob: float = rule(0.0, ge=0, le=1)
     slowdown_factor: float = rule(4.0, ge=1)
-    step_time_s: Optional[float] = rule(None, gt=0)
+    step_time_s: Optional[float] = rule(None, gt=0)     # fixed compute seconds per step; null = measured
 
 
 @dataclass
 class DatasetConfig:
+    """The partition fields every dataset has (its own options are its constructor's)."""
     test_fraction: float = rule(0.2, gt=0, lt=1)
     split_seed: int = rule(0, ge=0)
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
@@ -74,22 +75,17 @@ class DatasetConfig:
 
 
 @dataclass
-class BackendConfig:
-    name: str = "sim"
-
-
-@dataclass
 class CheckpointConfig:
     enabled: bool = True
-    every: Optional[int] = rule(None, ge=1)
+    every: Optional[int] = rule(None, ge=1)     # steps between checkpoints; null = epoch ends and the end
     epoch_end: bool = True
-    keep: int = rule(1, ge=1)
-    dir: Optional[str] = None
+    keep: int = rule(1, ge=1)                   # complete checkpoints kept
+    dir: Optional[str] = None                   # null = <run dir>/checkpoints
 
 
 @dataclass
 class EvalConfig:
-    per_worker: bool = True
+    per_worker: bool = True     # evaluate every worker's own model too (accuracy spread)
 
 
 @dataclass
@@ -103,21 +99,30 @@ class TrainConfig:
     workers: int = rule(8, ge=1)
     seed: int = rule(0, ge=0)
     epochs: int = rule(10, ge=1)
-    max_steps: Optional[int] = rule(None, ge=1)
-    batch_size: int = rule(32, ge=1)
-    eval_every: Optional[int] = rule(None, ge=1)
+    max_steps: Optional[int] = rule(None, ge=1)     # overrides epochs
+    batch_size: int = rule(32, ge=1)                # per worker
+    eval_every: Optional[int] = rule(None, ge=1)    # steps between evaluations; null = once per epoch
     init: Literal["same", "per_worker"] = "same"
-    imports: list[str] = rule([])
-    resume: Union[bool, str, None] = field(default=None, metadata={
-        "allowed": "true (the latest checkpoint), auto (the latest if any), a checkpoint path, or null"})
+    imports: list[str] = rule([])                   # your modules that register strategies, models, ...
+    resume: Union[bool, str, None] = rule(None, allowed="true (the latest checkpoint), auto (the latest if "
+                                                         "any), a checkpoint path, or null")
     optim: OptimConfig = field(default_factory=OptimConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+#: groups chosen by name on the command line (config group options), not top-level blocks
+SELECTED_GROUPS = ("optim", "network", "cluster", "dataset")
+
+
+def run_defaults() -> dict[str, Any]:
+    """The top-level fields and blocks of the run config, with their defaults."""
+    d = dataclasses.asdict(TrainConfig())
+    return {k: v for k, v in d.items() if k not in SELECTED_GROUPS}
 
 
 # -- checking -----------------------------------------------------------------------------------
@@ -130,76 +135,54 @@ def check(cfg: DictConfig | dict, schema: type = TrainConfig, prefix: str = "") 
         value = cfg[f.name]
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
-        _check_value(value, hints[f.name], dict(f.metadata), f"{prefix}{f.name}")
+        where, tp, bounds = f"{prefix}{f.name}", hints[f.name], dict(f.metadata)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: must be a group of options, got {value!r}")
+            check(value, tp, f"{where}.")
+        elif not _accepts(value, tp, bounds):
+            raise ConfigError(f"{where}: {_must(value, tp, bounds)}")
     _check_combinations(cfg, schema)
 
 
-def _check_value(value: Any, tp: Any, bounds: dict[str, float], where: str) -> None:
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: must be a group of options, got {value!r}")
-        check(value, tp, f"{where}.")
-        return
-    if _accepts(value, tp, bounds):
-        return
-    literal = next((a for a in (tp, *typing.get_args(tp)) if typing.get_origin(a) is Literal), None)
-    if literal is not None:     # the project's wording for a name that is not one of a list
-        raise ConfigError(f"{where}: unknown {value!r}; allowed: {', '.join(map(str, typing.get_args(literal)))}")
-    if "allowed" in bounds:
-        raise ConfigError(f"{where}: must be {bounds['allowed']}, got {value!r}")
-    if _accepts(value, tp, {}) and not isinstance(value, list):     # the right type, out of range
-        null = " or null" if type(None) in typing.get_args(tp) else ""
-        base = "an integer " if int in (tp, *typing.get_args(tp)) else ""
-        raise ConfigError(f"{where}: must be {base}{_range(bounds)}{null}, got {value}")
-    raise ConfigError(f"{where}: must be {_describe(tp, bounds)}, got {value!r}")
+def _options(tp: Any) -> tuple[Any, ...]:
+    return typing.get_args(tp) if typing.get_origin(tp) is Union else (tp,)
 
 
-def _accepts(value: Any, tp: Any, bounds: dict[str, float]) -> bool:
+def _accepts(value: Any, tp: Any, b: dict[str, Any]) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is type(None):
-        return value is None
-    if origin in (Union, types.UnionType):
-        return any(_accepts(value, a, bounds) for a in args)
+    if origin is Union:
+        return any(_accepts(value, a, b) for a in args)
     if origin is Literal:
         return value in args
     if origin is list:
-        return isinstance(value, list) and all(_accepts(v, args[0], bounds) for v in value)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool) and _in_range(value, bounds)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and _in_range(value, bounds)
-    if tp is str:
-        return isinstance(value, str)
-    if tp is dict:
-        return isinstance(value, dict)
-    return True
+        return isinstance(value, list) and all(_accepts(v, args[0], b) for v in value)
+    bounds = {k: v for k, v in b.items() if k != "allowed"}
+    return {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
+            dict: isinstance(value, dict), int: is_integer(value) and in_range(value, **bounds),
+            float: is_number(value) and in_range(value, **bounds)}.get(tp, True)
 
 
-def _in_range(v: float, b: dict[str, Any]) -> bool:
-    return (("gt" not in b or v > b["gt"]) and ("ge" not in b or v >= b["ge"])
-            and ("lt" not in b or v < b["lt"]) and ("le" not in b or v <= b["le"]))
-
-
-def _describe(tp: Any, bounds: dict[str, float]) -> str:
-    """``an integer >= 1 or null``, ``one of 'iid', 'dirichlet'``, ``a list of numbers > 0``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a, bounds) for a in sorted(args, key=lambda a: a is type(None)))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0], bounds).replace('an integer', 'integers').replace('a number', 'numbers').replace('a string', 'strings')}"
-    rng = _range(bounds)
-    base = {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
-            str: "a string", dict: "a group of options"}.get(tp, getattr(tp, "__name__", str(tp)))
-    return f"{base} {rng}" if rng and tp in (int, float) else base
-
-
-def _range(b: dict[str, float]) -> str:
-    return " and ".join(f"{op} {b[k]:g}" for op, k in ((">", "gt"), (">=", "ge"), ("<", "lt"), ("<=", "le"))
-                        if k in b)
+def _must(value: Any, tp: Any, b: dict[str, Any]) -> str:
+    """What is wrong, in the project's words: ``must be an integer >= 1 or null, got 0``."""
+    opts = _options(tp)
+    literal = next((o for o in opts if typing.get_origin(o) is Literal), None)
+    if literal is not None:     # a name that is not one of a list
+        return f"unknown {value!r}; allowed: {', '.join(map(str, typing.get_args(literal)))}"
+    if "allowed" in b:
+        return f"must be {b['allowed']}, got {value!r}"
+    rng = describe_range(**{k: v for k, v in b.items() if k != "allowed"})
+    null = " or null" if type(None) in opts else ""
+    kind = next(o for o in opts if o is not type(None))
+    if kind in (int, float) and _accepts(value, kind, {}):      # the right type, out of range
+        return f"must be {'an integer ' if kind is int else ''}{rng}{null}, got {value}"
+    words = {bool: "true or false", str: "a string", dict: "a group of options",
+             int: f"an integer {rng}".strip(), float: f"a number {rng}".strip()}
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(item, "values")
+        return f"must be a list of {plural}{' ' + rng if rng else ''}{null}, got {value!r}"
+    return f"must be {words.get(kind, getattr(kind, '__name__', str(kind)))}{null}, got {value!r}"
 
 
 def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
@@ -211,3 +194,8 @@ def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
         if speeds is not None and len(speeds) != cfg.get("workers"):
             raise ConfigError(f"cluster.speeds: needs one speed per worker ({cfg.get('workers')}), "
                               f"got {len(speeds)}")
+
+
+def asdict_of(group: type) -> dict[str, Any]:
+    """A group's defaults as a plain dict (a Hydra config node)."""
+    return dataclasses.asdict(group())

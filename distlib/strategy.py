@@ -1,4 +1,4 @@
-"""Strategy: an algorithm, written from the point of view of ONE worker.
+"""Strategy: a synchronous algorithm, written from the point of view of ONE worker.
 
 The runtime drives every worker through the same step and calls the hooks below at fixed
 points; a Strategy overrides only what is specific to it::
@@ -12,27 +12,21 @@ points; a Strategy overrides only what is specific to it::
         after_step(ctx)
     end_epoch(ctx)                after the last step of every epoch
 
-Asynchronous strategies (``asynchronous = True``) also decide when a worker stops
-(``keep_training``), may ask for extra service ranks that run ``serve`` instead of training
-(a parameter server), and end their protocol in ``finish``; the trainer evaluates their runs
-once, after ``finish``, because its evaluation is a global synchronisation point, but a
-strategy may evaluate without one during training and hand those records over in
-``records`` (the parameter server does). One that can
-stop at a consistent cut (``consistent_cuts = True``) checkpoints there: ``serve`` returns
-and ``checkpoint_cut`` answers with the checkpoint's step, and every rank saves.
-
 Hooks may communicate through ``ctx.comm`` in plain blocking style; on the simulated
-backend that is where workers hand over to each other.
+backend that is where workers hand over to each other. Asynchronous protocols, whose
+workers do not advance in lockstep, subclass :class:`distlib.protocol.AsyncStrategy`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from distlib.registry import Registry
 
 if TYPE_CHECKING:
     from distlib.comm.base import Communicator
+    from distlib.data.datasets import DataSplit
+    from distlib.lr import LRSchedule
     from distlib.topology.graphs import Graph
     from distlib.topology.topology import Topology
     from distlib.worker import Worker
@@ -50,7 +44,18 @@ class Context:
     loss: float = float("nan")  # this step's mini-batch loss, measured before the update
     steps_per_epoch: int = 1
     total_steps: int = 0    # the run's step budget per worker (sample budget / workers for async ones)
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: the seed of strategy-level randomness, the same on every worker (seed_for(seed, "strategy"))
+    seed: int = 0
+    #: the learning-rate schedule (the one owner of the rate; see distlib.lr)
+    lr: "LRSchedule | None" = None
+    #: training workers (ranks 0 .. workers - 1); an asynchronous protocol's service ranks come after
+    workers: int = 0
+    #: steps between evaluations (an asynchronous service rank may evaluate on its own schedule)
+    eval_every: int | None = None
+    #: the test set, for a role that evaluates without the trainer (a parameter server)
+    test_set: "DataSplit | None" = None
+    #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
+    checkpoint_due: Callable[[int], bool] = lambda done: False
 
     @property
     def rank(self) -> int:
@@ -70,15 +75,6 @@ class Context:
 
 class Strategy:
     """Base class: plain local SGD with no communication. Override the hooks you need."""
-
-    #: True for strategies whose workers do not advance in lockstep (set by async ones).
-    asynchronous: bool = False
-    #: extra ranks after the workers (ranks workers .. workers + service_ranks - 1) that run
-    #: ``serve`` instead of the training loop, e.g. a parameter server
-    service_ranks: int = 0
-    #: asynchronous strategies only: the protocol can stop every rank at a consistent cut for a
-    #: checkpoint (``serve`` / ``checkpoint_cut``), so its runs checkpoint and resume
-    consistent_cuts: bool = False
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -108,33 +104,9 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    # -- asynchronous protocols (see the module docstring) ----------------------------------
-    def keep_training(self, ctx: Context) -> bool:
-        """Start step ``ctx.step``? Asynchronous strategies may stop by their own rule."""
-        return ctx.step < ctx.total_steps
 
-    def serve(self, ctx: Context) -> int | None:
-        """The life of a service rank (see ``service_ranks``): None when the run ends, or the
-        step of a checkpoint at a consistent cut, after which it is called again."""
-        return None
-
-    def checkpoint_cut(self, ctx: Context) -> int | None:
-        """After a step of an asynchronous strategy: the checkpoint's step if the protocol has
-        just stopped every rank at a consistent cut (every rank then saves), else None."""
-        return None
-
-    def finish(self, ctx: Context) -> None:
-        """After the last step, on every rank: end an asynchronous protocol before the final evaluation."""
-
-    def histograms(self) -> dict[str, list[float]]:
-        """Values to show as TensorBoard histograms at the final evaluation (rank 0's)."""
-        return {}
-
-    def records(self) -> list[dict[str, Any]]:
-        """Asynchronous strategies: history records of evaluations made during training without
-        a global sync point (e.g. by the parameter server), in order; read on rank 0 after
-        ``finish`` and logged before the final evaluation. Default: none."""
-        return []
-
-
-STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm")
+#: The shipped strategies are declared here, by the module that registers each, so a name
+#: resolves whatever was imported before; users add theirs with ``@STRATEGIES.register``.
+STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm", lazy={
+    name: f"distlib.algorithms.{name}" for name in (
+        "allreduce_sgd", "dpsgd", "local_sgd", "matcha", "al_dsgd", "async_ps", "ad_psgd")})

@@ -35,9 +35,9 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from algorithms.allreduce_sgd import AllReduceSGD
-from algorithms.dpsgd import DPSGD
-from distlib import STRATEGIES, Context
+from distlib.algorithms.allreduce_sgd import AllReduceSGD
+from distlib.algorithms.dpsgd import DPSGD
+from distlib.strategy import STRATEGIES, Context
 from distlib.comm.dist import DistCommunicator
 from distlib.models import MODELS
 from distlib.seeding import seed_for

@@ -27,8 +27,8 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from algorithms.dpsgd import DPSGD
-from distlib import STRATEGIES, Context
+from distlib.algorithms.dpsgd import DPSGD
+from distlib.strategy import STRATEGIES, Context
 from distlib.data import DATASETS, partition
 from distlib.models import MODELS
 from distlib.trainer import Trainer

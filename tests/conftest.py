@@ -22,6 +22,8 @@ TINY = ("dataset=synthetic", "dataset.samples=800", "model=mlp", "model.hidden=[
 
 def make_cfg(*overrides: str) -> DictConfig:
     """The run config composed from ``pkg://distlib.configs`` with Hydra ``overrides``."""
+    from distlib.config import register_configs
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))

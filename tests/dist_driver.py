@@ -71,7 +71,7 @@ def comm_script(comm: Communicator) -> dict[str, torch.Tensor]:
 def register_mismatched() -> None:
     """``algorithm.name=mismatched``: D-PSGD, except that at step 3 rank 0 calls all_reduce
     while the others exchange (a call mismatch the backend must report, not hang on)."""
-    from algorithms.dpsgd import DPSGD
+    from distlib.algorithms.dpsgd import DPSGD
     from distlib.strategy import STRATEGIES, Context
 
     @STRATEGIES.register("mismatched")

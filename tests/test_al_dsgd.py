@@ -9,30 +9,15 @@ import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
 
-from algorithms.al_dsgd import ALDSGD
-from distlib import STRATEGIES, Context, Strategy
+from distlib.algorithms.al_dsgd import ALDSGD
+from distlib.strategy import STRATEGIES, Context, Strategy
 from distlib.comm.sim import SimWorld
 from distlib.errors import ConfigError
+from support import VectorWorker, run_workers
 from distlib.topology import Graph, Topology, build_topology
 
 
 # -- a minimal runtime: the trainer's hook order on flat vectors with given losses and gradients --
-class VecWorker:
-    """The part of a Worker a Strategy touches: flat x_i and g_i, and a plain SGD step."""
-
-    def __init__(self, x: torch.Tensor, lr: float) -> None:
-        self.x, self.g, self.lr_ = x, torch.zeros_like(x), lr
-
-    def flat_params(self) -> torch.Tensor:
-        return self.x
-
-    def flat_grad(self) -> torch.Tensor:
-        return self.g
-
-    def optimizer_step(self) -> None:
-        self.x.sub_(self.g, alpha=self.lr_)     # y_i = x_i - gamma g_i
-
-
 class Run:
     """What ``run_steps`` saw: x_i after every step, bytes sent by every step, every message sent."""
 
@@ -49,30 +34,27 @@ def run_steps(make: Callable[[], Strategy], topology: Topology, x0: np.ndarray, 
     steps, n = grads.shape[0], x0.shape[0]
     world, run = SimWorld(n), Run(n, steps)
 
-    def worker(r: int) -> None:
-        comm = world.comms[r]
-        exchange, now = comm.exchange, [0]
+    start = {}     # rank -> bytes sent before the current step
+
+    def spying(r: int) -> VectorWorker:
+        comm, exchange = world.comms[r], world.comms[r].exchange
 
         def spy(tensor, peers):
-            run.sent[r].append((now[0], tuple(peers), tensor.detach().clone()))
+            run.sent[r].append((comm.step, tuple(peers), tensor.detach().clone()))
             return exchange(tensor, peers)
         comm.exchange = spy
-        w = VecWorker(torch.tensor(x0[r], dtype=dtype), lr)
-        s = run.strategies[r] = make()
-        ctx = Context(w, comm, topology, extras={"seed": 1234})
-        s.setup(ctx)
-        for k in range(steps):
-            now[0] = ctx.step = k
-            before = comm.counters.bytes_sent
-            s.before_step(ctx)
-            ctx.loss = float(losses[k, r])
-            w.g.copy_(torch.tensor(grads[k, r], dtype=dtype))
-            s.after_backward(ctx)
-            s.local_update(ctx)
-            s.after_step(ctx)
-            run.x[k][r] = w.x.numpy().copy()
-            run.bytes[k, r] = comm.counters.bytes_sent - before
-    world.run(worker)
+        return VectorWorker(torch.tensor(x0[r], dtype=dtype), lr,
+                            lambda x, k: (float(losses[k, r]), torch.tensor(grads[k, r], dtype=dtype)))
+
+    def before(ctx: Context) -> None:
+        ctx.comm.step = ctx.step
+        start[ctx.rank] = ctx.comm.counters.bytes_sent
+
+    def after(ctx: Context) -> None:
+        run.x[ctx.step][ctx.rank] = ctx.worker.x.numpy().copy()
+        run.bytes[ctx.step, ctx.rank] = ctx.comm.counters.bytes_sent - start[ctx.rank]
+    out = run_workers(world, topology, lambda r: make(), spying, steps, before=before, after=after)
+    run.strategies = [s for s, _, _ in out]
     return run
 
 
@@ -129,7 +111,7 @@ def base_matrix(base: Strategy, topology: Topology, step: int, n: int, seed: int
     w = np.zeros((n, n))
     for r in range(n):
         comm = type("Rank", (), {"rank": r, "world_size": n})()
-        plan = base.plan(Context(None, comm, topology, step=step, extras={"seed": seed}))  # type: ignore[arg-type]
+        plan = base.plan(Context(None, comm, topology, step=step, seed=seed))  # type: ignore[arg-type]
         w[r, r] = plan.w_self
         for j in plan.peers:
             w[r, j] = plan.w_peers[j]
@@ -213,7 +195,7 @@ def test_matcha_base_steps_match_numpy_on_the_sampled_graph(form):
     """MATCHA base on the published 8-node graph, C_b = 0.3, T = 2: on AL steps the formulas with
     W^(k) = I - alpha L^(k) of the drawn matchings and leaders among the drawn neighbours only;
     on the others a plain MATCHA step. Some workers sit steps out (no active matching)."""
-    from algorithms.matcha import MATCHA
+    from distlib.algorithms.matcha import MATCHA
     n, p, lr, steps = 8, 4, 0.1, 6
     x0, g, losses = _random(n, p, steps, seed=2)
     topo = build_topology({"name": "matcha_er8"}, n)

@@ -2,16 +2,16 @@
 computed another way: a plain torch loop, numpy mixing matrices, byte formulas."""
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
+from support import VectorWorker, run_workers
 
-from algorithms.allreduce_sgd import AllReduceSGD
-from algorithms.dpsgd import DPSGD
-from distlib import STRATEGIES, Context
+from distlib.algorithms.allreduce_sgd import AllReduceSGD
+from distlib.algorithms.dpsgd import DPSGD
+from distlib.strategy import STRATEGIES, Context
 from distlib.comm.sim import SimWorld
 from distlib.topology import Topology, ring
 from distlib.topology.mixing import metropolis
@@ -119,19 +119,13 @@ def _gossip_rounds(x0: np.ndarray, rounds: int, form: str = "atc") -> list[np.nd
     topo = Topology(ring(n))
     world = SimWorld(n)
 
-    def fn(r):
-        x = torch.from_numpy(x0[r].copy())
-        strategy = DPSGD(form=form)
-        ctx = Context(types.SimpleNamespace(flat_params=lambda: x), world.comms[r], topo)
-        out = [x.clone()]
-        for step in range(rounds):
-            ctx.step = step
-            (strategy.after_step if form == "atc" else strategy.after_backward)(ctx)
-            out.append(x.clone())
-        return out
+    xs = [[x0[r].copy()] for r in range(n)]     # x_i after every round
 
-    per_worker = world.run(fn)
-    return [np.stack([per_worker[r][k].numpy() for r in range(n)]) for k in range(rounds + 1)]
+    def record(ctx: Context) -> None:
+        xs[ctx.rank].append(ctx.worker.x.numpy().copy())
+    run_workers(world, topo, lambda r: DPSGD(form=form), lambda r: VectorWorker(torch.from_numpy(x0[r].copy())),
+                rounds, after=record)
+    return [np.stack([xs[r][k] for r in range(n)]) for k in range(rounds + 1)]
 
 
 @pytest.mark.parametrize("form", ["atc", "cta"])
@@ -169,15 +163,8 @@ def test_gossip_equals_numpy_mixing_on_a_torus():
     topo = Topology(g)
     world = SimWorld(n)
 
-    def fn(r):
-        x = torch.from_numpy(x0[r].copy())
-        strategy, ctx = DPSGD(), Context(types.SimpleNamespace(flat_params=lambda: x), world.comms[r], topo)
-        for step in range(steps):
-            ctx.step = step
-            strategy.after_step(ctx)
-        return x.numpy()
-
-    got = np.stack(world.run(fn))
+    out = run_workers(world, topo, lambda r: DPSGD(), lambda r: VectorWorker(torch.from_numpy(x0[r].copy())), steps)
+    got = np.stack([w.x.numpy() for _, w, _ in out])
     np.testing.assert_allclose(got, np.linalg.matrix_power(w, steps) @ x0, atol=1e-12)
 
 

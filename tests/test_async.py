@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,12 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from algorithms.ad_psgd import ADPSGD, bipartite_split
-from algorithms.async_ps import PUSH, TAG_PUSH
+from distlib.algorithms.ad_psgd import ADPSGD, bipartite_split
+from distlib.algorithms.async_ps import PUSH, TAG_PUSH
 from conftest import TINY, make_cfg, run_training
+from support import VectorWorker, free_port, run_workers
 from distlib.comm.sim import SimCommunicator, SimWorld
+from distlib.lr import LRSchedule
 from distlib.strategy import Context
 from distlib.topology.graphs import ring, torus
 from distlib.topology.random_graphs import erdos_renyi
@@ -40,7 +41,7 @@ def test_async_ps_beats_allreduce_with_a_straggler_and_the_straggler_contributes
     steps = 40
     tr, ps = _run(tmp_path / "ps", "algorithm=async_ps", f"max_steps={steps}", *STRAGGLER)
     _, ar = _run(tmp_path / "ar", "algorithm=allreduce_sgd", f"max_steps={steps}", *STRAGGLER)
-    applied = tr.strategies[4].applied       # rank 4 is the server
+    applied = tr.strategies[4].results.applied       # rank 4 is the server
     assert sum(applied) == 4 * steps          # the same number of samples as the synchronous run
     # AllReduce waits for the slow worker every step: steps * 0.01 / 0.25 of virtual time.
     assert ar["time"]["virtual_s"] == pytest.approx(steps * 0.01 / 0.25)
@@ -76,33 +77,13 @@ def test_async_ps_staleness_is_workers_minus_one_and_matches_the_event_order(tmp
                        "cluster.step_time_s=0.01", "checkpoint.enabled=false")
     expected = _independent_staleness(events, n * steps)
     logged = summary["history"][-1]
-    assert tr.strategies[0].staleness == expected        # every rank holds the server's record after finish
+    assert tr.strategies[0].results.staleness == expected        # every rank holds the server's record after finish
     assert logged["staleness_mean"] == pytest.approx(np.mean(expected))
     assert logged["staleness_max"] == max(expected)
     assert logged["staleness_mean"] == pytest.approx(n - 1, abs=0.1)   # round robin, after the first round
 
 
 # -- AD-PSGD on a bare SimWorld ------------------------------------------------------------------
-class _TinyWorker:
-    """The slice of Worker that AD-PSGD touches: a flat tensor, its gradient, an SGD step."""
-
-    def __init__(self, x: torch.Tensor, lr: float) -> None:
-        self.x, self.g, self.lr = x, torch.zeros_like(x), lr
-        self.num_params = x.numel()
-
-    def flat_params(self) -> torch.Tensor:
-        return self.x
-
-    def flat_grad(self) -> torch.Tensor:
-        return self.g
-
-    def set_lr(self, lr: float) -> None:
-        self.lr = lr
-
-    def optimizer_step(self) -> None:
-        self.x.sub_(self.lr * self.g)
-
-
 class _Recording(ADPSGD):
     """AD-PSGD that records each averaging from both sides (the test's witness)."""
 
@@ -126,30 +107,15 @@ def _adpsgd_run(graph, steps: int, seed: int = 0, lr: float = 0.0, speeds=None):
     n = graph.n
     world = SimWorld(n)
     log: list = []
-    strategies = [_Recording(log) for _ in range(n)]
     speeds = speeds or list(np.random.default_rng(seed).uniform(0.3, 1.0, n))
-    topo = Topology(graph)
+    for comm, speed in zip(world.comms, speeds):
+        comm.speed = float(speed)
 
-    def body(r: int) -> tuple[torch.Tensor, int]:
-        comm = world.comms[r]
-        comm.measure_compute, comm.speed = False, float(speeds[r])
-        worker = _TinyWorker(torch.full((2,), float(r), dtype=torch.float64), lr)
-        ctx = Context(worker, comm, topo, total_steps=steps, extras={"seed": seed, "lr_at": lambda e: lr})  # type: ignore[arg-type]
-        st = strategies[r]
-        st.setup(ctx)
-        while True:
-            if not st.keep_training(ctx):
-                break
-            st.before_step(ctx)
-            worker.g.copy_(worker.x - r)      # gradient of f_r at the current (soon older) x_r
-            comm.add_compute(1e-3)
-            st.after_backward(ctx)
-            st.local_update(ctx)
-            ctx.step += 1
-        st.finish(ctx)
-        return worker.x, ctx.step
-    out = world.run(body)
-    return [x for x, _ in out], [s for _, s in out], log
+    def worker(r: int) -> VectorWorker:     # the gradient of f_r at the current (soon older) x_r
+        return VectorWorker(torch.full((2,), float(r), dtype=torch.float64), lr,
+                            lambda x, k: (0.5 * float(((x - r) ** 2).sum()), x - r))
+    out = run_workers(world, Topology(graph), lambda r: _Recording(log), worker, steps, seed=seed, step_time=1e-3)
+    return [w.x for _, w, _ in out], [ctx.step for _, _, ctx in out], log
 
 
 @pytest.mark.parametrize("graph", [ring(8), ring(7), torus(9), erdos_renyi(8, p=0.4, seed=1)],
@@ -229,12 +195,6 @@ def test_converges_within_one_percent_of_the_optimum_on_the_simulator(tmp_path: 
     assert _final_objective(tr, xbar) <= 1.01 * _optimum(tr)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 GLOO_EPOCHS = 10
 
 
@@ -261,7 +221,7 @@ def gloo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # called without an active exception" (SIGABRT) after its work is done and saved. Until
     # its cause is found, a job that ends that way is run once more; any other failure counts.
     for attempt in range(2):
-        port = _free_port()
+        port = free_port()
         procs = [subprocess.Popen([sys.executable, str(driver), str(spec)], cwd=tmp, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT,
                                   env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="3",
@@ -280,6 +240,8 @@ def gloo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
 def test_converges_within_one_percent_of_the_optimum_on_three_gloo_processes(gloo_runs: Path, algo: str) -> None:
     from distlib.trainer import Trainer
@@ -307,18 +269,18 @@ def _linear_eval(params: np.ndarray, x: np.ndarray, y: np.ndarray, k: int) -> tu
 
 def test_async_ps_server_evaluates_every_eval_every_steps_of_gradients_without_a_sync_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from algorithms.async_ps import AsyncPS
+    from distlib.algorithms.async_ps import ParameterServer
     from distlib.worker import Worker
     n, every, budget = 4, 5, 4 * 23
     snapshots: dict[int, np.ndarray] = {}     # the server's x at each version that is a record's
     events: list[tuple[int, float]] = []      # the server's event order: (worker, kind)
     losses: dict[int, list[float]] = {r: [] for r in range(n)}      # each worker's losses, in push order
-    apply, recv_any, forward_backward = AsyncPS._apply, SimCommunicator.recv_any, Worker.forward_backward
+    apply, recv_any, forward_backward = ParameterServer._apply, SimCommunicator.recv_any, Worker.forward_backward
 
-    def spy_apply(self, worker, g, s, lr):
-        apply(self, worker, g, s, lr)
+    def spy_apply(self, ctx, g, s):
+        apply(self, ctx, g, s)
         if self.version % (n * every) == 0:
-            snapshots[self.version] = worker.flat_params().detach().double().numpy().copy()
+            snapshots[self.version] = ctx.worker.flat_params().detach().double().numpy().copy()
 
     def spy_recv_any(self, tensor, srcs, tag=0, poll=False):
         src = recv_any(self, tensor, srcs, tag, poll)
@@ -330,7 +292,7 @@ def test_async_ps_server_evaluates_every_eval_every_steps_of_gradients_without_a
         loss = forward_backward(self)
         losses[self.rank].append(loss)
         return loss
-    monkeypatch.setattr(AsyncPS, "_apply", spy_apply)
+    monkeypatch.setattr(ParameterServer, "_apply", spy_apply)
     monkeypatch.setattr(SimCommunicator, "recv_any", spy_recv_any)
     monkeypatch.setattr(Worker, "forward_backward", spy_forward_backward)
     tr, summary = run_training(make_cfg(*EVAL_RUN, f"eval_every={every}"), tmp_path)
@@ -377,6 +339,8 @@ def test_async_ps_evaluation_during_training_leaves_training_unchanged(tmp_path:
     assert final[0] == final[1]     # the same clocks, byte counters, staleness and final model
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_async_ps_on_gloo_records_the_server_evaluations(gloo_runs: Path) -> None:
     history = json.loads((gloo_runs / "async_ps" / "summary.json").read_text())["history"]
     spe = history[0]["step"]

@@ -292,6 +292,8 @@ for step in range(1, 10**6):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -334,7 +336,7 @@ def test_adpsgd_writes_no_checkpoint_and_refuses_to_resume(tmp_path):
 
 def test_async_ps_resumes_only_on_the_simulated_backend(tmp_path):
     """Its cut is exercised on the simulated backend only; elsewhere a resume is refused in one line."""
-    from distlib.backends import SimBackend
+    from distlib.comm.sim import SimBackend
     from distlib.errors import ConfigError
     from distlib.trainer import Trainer
     overrides = (*TINY, "workers=2", "algorithm=async_ps", "cluster.step_time_s=0.01", "max_steps=6")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,26 +19,23 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
+from support import free_port
 from test_checkpoint import comparable
 
 from distlib import checkpoint as ckpt
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = (*TINY, "algorithm=dpsgd", "topology=ring", "eval_every=50",
        "checkpoint.every=40", "checkpoint.epoch_end=false", "cluster.step_time_s=0.01")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, overrides: list[str], run_dir: Path, *extra: str) -> subprocess.Popen:
     # c10d rendezvous: a restarted group meets afresh (the static --master_addr/port rendezvous
     # hands the restarted ranks the dead ranks' gloo addresses).
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra,
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", str(ROOT / "scripts/train.py"),
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(ROOT / "scripts/train.py"),
            *overrides, "backend=torch", "backend.dist=gloo", f"workers={nproc}", f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(cmd, cwd=run_dir.parent, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

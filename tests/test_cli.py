@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 TINY_ARGS = ["dataset=synthetic", "dataset.samples=800", "model=mlp", "model.hidden=[16]", "workers=4",
              "batch_size=16"]
 

@@ -44,12 +44,14 @@ def _independent(root: Path) -> dict[tuple[str, str], dict[str, list]]:
     return out
 
 
+@pytest.mark.slow     # the shared sweep fixture trains several runs
 def test_groups_are_algorithm_by_setting_with_seeds_averaged(sweep):
     groups = group_runs(load_runs([sweep]))
     assert {(g.algorithm, g.setting) for g in groups} == {(a, f"topology={t}") for a, t, _ in GRID}
     assert all(sorted(g.seeds) == [0, 1, 2] for g in groups)
 
 
+@pytest.mark.slow     # the shared sweep fixture trains several runs
 def test_table_numbers_equal_independent_means(sweep, tmp_path):
     res = compare([sweep], tmp_path / "report", target=TARGET)
     table = json.loads((tmp_path / "report" / "table.json").read_text())
@@ -79,6 +81,8 @@ def test_table_numbers_equal_independent_means(sweep, tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_cli_walks_a_real_hydra_multirun_folder(tmp_path):
     """``distlib-train -m`` output, then the console entry point on the sweep folder."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -96,6 +100,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     assert e.value.code == 2
 
 
+@pytest.mark.slow     # the shared sweep fixture trains several runs
 def test_where_keeps_matching_runs_and_runs_without_the_key(sweep):
     from distlib.compare.runs import select
     runs = load_runs([sweep])

@@ -83,6 +83,8 @@ def _cli(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args,expected", [CLI_CASES[0], CLI_CASES[6]], ids=lambda a: str(a)[:40])
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path, graphs, args, expected):
     """The real process: exit status 2, one line on stderr, no traceback."""

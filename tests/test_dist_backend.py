@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,14 @@ import pytest
 import torch
 
 from conftest import TINY, make_cfg, run_training
+from support import free_port
 from dist_driver import comm_script
-from distlib.backends import SimBackend
-from distlib.dist_backend import TorchBackend, rank_hydra_overrides
+from distlib.comm.sim import SimBackend
+from distlib.cli import rank_hydra_overrides
+from distlib.comm.dist import TorchBackend
 from distlib.errors import ConfigError
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 WORLD = 4
 DRIVER = Path(__file__).with_name("dist_driver.py")
@@ -40,12 +43,6 @@ EQUIVALENCE = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(rank: int, port: int, world: int) -> dict[str, str]:
     return dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -57,7 +54,7 @@ class Ranks:
     def __init__(self, tmp: Path, spec: dict, world: int = WORLD) -> None:
         path = tmp / "spec.json"
         path.write_text(json.dumps(spec))
-        port = _free_port()
+        port = free_port()
         self.logs = [open(tmp / f"rank{r}.log", "w+") for r in range(world)]
         self.procs = [subprocess.Popen([sys.executable, str(DRIVER), str(path)], env=_env(r, port, world),
                                        cwd=tmp, stdout=self.logs[r], stderr=subprocess.STDOUT)
@@ -125,7 +122,7 @@ def test_same_history_parameters_and_bytes_as_simulated(dist_runs: Path, overrid
 def test_torchrun_cli_writes_one_run_dir_like_the_simulator(tmp_path: Path) -> None:
     overrides = [*RUN, "algorithm=dpsgd", "topology=ring", "eval.per_worker=true", "log.tensorboard=true"]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(ROOT / "scripts/train.py"),
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts/train.py"),
            *overrides, "backend=torch", "backend.dist=gloo"]
     done = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=240)

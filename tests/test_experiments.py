@@ -11,7 +11,7 @@ from conftest import make_cfg, run_training
 from distlib.config import validate
 from distlib.models import MODELS
 from distlib.topology import build_topology
-from distlib.trainer import _params, build_strategy
+from distlib.config import build_strategy, params_of as _params
 
 PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
 #: input shapes of the datasets the presets use (so a test needs no CIFAR files)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.dpsgd import DPSGD
-from algorithms.matcha import MATCHA
+from distlib.algorithms.dpsgd import DPSGD
+from distlib.algorithms.matcha import MATCHA
 from conftest import TINY, make_cfg, run_training
+from support import VectorWorker, run_workers
 from distlib.comm.sim import SimWorld
 from distlib.errors import ConfigError
 from distlib.seeding import seed_for
@@ -120,16 +121,6 @@ def test_bad_options_are_refused():
 
 
 # -- the strategy on the simulated backend -------------------------------------------------
-class _Worker:
-    """The one thing gossip needs from a worker: its flat parameters."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def flat_params(self) -> torch.Tensor:
-        return self.x
-
-
 def _gossip_run(make, topo: Topology, steps: int, seed: int = 0, dim: int = 3):
     """``steps`` gossip rounds (after_step only) of the strategy ``make()`` on every worker.
     Returns final x (n, dim), bytes sent per worker, per-worker peer lists per step, strategies."""
@@ -139,13 +130,9 @@ def _gossip_run(make, topo: Topology, steps: int, seed: int = 0, dim: int = 3):
     strategies = [make() for _ in range(n)]
     peers: list[list[tuple[int, ...]]] = [[] for _ in range(n)]
 
-    def body(rank: int) -> None:
-        ctx = Context(_Worker(xs[rank]), world.comms[rank], topo, extras={"seed": seed})
-        for k in range(steps):
-            ctx.step = k
-            peers[rank].append(strategies[rank].plan(ctx).peers)
-            strategies[rank].after_step(ctx)
-    world.run(body)
+    def record(ctx: Context) -> None:
+        peers[ctx.rank].append(strategies[ctx.rank].plan(ctx).peers)
+    run_workers(world, topo, lambda r: strategies[r], lambda r: VectorWorker(xs[r]), steps, seed=seed, before=record)
     return xs, [c.counters.bytes_sent for c in world.comms], peers, strategies
 
 

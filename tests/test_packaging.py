@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,13 +42,14 @@ def wheel(tmp_path_factory) -> Path:
 def _expected() -> set[str]:
     """Where each shipped source file must land inside the wheel."""
     files = set()
-    for pkg in ("distlib", "algorithms"):
-        for p in (ROOT / pkg).rglob("*"):
-            if p.is_file() and p.suffix in (".py", ".json", ".yaml") and "__pycache__" not in p.parts:
-                files.add(p.relative_to(ROOT).as_posix())
-    for p in (ROOT / "configs").rglob("*"):
-        if p.is_file() and p.suffix in (".py", ".yaml"):
-            files.add("distlib/configs/" + p.relative_to(ROOT / "configs").as_posix())
+    for p in (ROOT / "distlib").rglob("*"):
+        if p.is_file() and p.suffix in (".py", ".json", ".yaml", ".npz") and "__pycache__" not in p.parts:
+            files.add(p.relative_to(ROOT).as_posix())
+    # algorithms/ and configs/ sit at the top of the repository and install inside the package
+    for top, suffixes in (("algorithms", (".py",)), ("configs", (".py", ".yaml"))):
+        for p in (ROOT / top).rglob("*"):
+            if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts:
+                files.add(f"distlib/{top}/" + p.relative_to(ROOT / top).as_posix())
     return files
 
 
@@ -55,14 +58,18 @@ def test_wheel_holds_every_module_config_and_data_file(wheel):
     missing = sorted(_expected() - names)
     assert not missing, f"not in the wheel (add the package to pyproject.toml): {missing}"
     assert "distlib/configs/train.yaml" in names
+    top_level = {n.split("/", 1)[0] for n in names if "/" in n and ".dist-info" not in n.split("/", 1)[0]}
+    assert top_level == {"distlib"}, f"the wheel installs more than the distlib package: {sorted(top_level)}"
 
 
 def test_installed_wheel_composes_the_default_config(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
                     str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    assert not (target / "algorithms").exists()     # PyPI has a project of that name: never shadow it
     code = ("import distlib, sys; from hydra import compose, initialize_config_module\n"
             "assert distlib.__file__.startswith(sys.argv[1]), distlib.__file__\n"
+            "from distlib.config import register_configs; register_configs()\n"
             "with initialize_config_module(config_module='distlib.configs', version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['algorithm=allreduce_sgd'])\n"
             "print(cfg.algorithm.name, cfg.workers, cfg.topology.name)")

@@ -92,6 +92,8 @@ def test_workers_must_equal_the_world_size(tmp_path, monkeypatch, capsys):
     assert re.search(r"config error: workers: .*\b4\b.* has 2 processes", err[0]), err[0]   # both numbers
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args,expected", [BAD[0], BAD[20]], ids=["workers", "checkpoint.every"])
 def test_real_process_exits_2_with_one_line(tmp_path, args, expected):
     proc = subprocess.run([sys.executable, "-m", "distlib.cli", *SMALL, *args, f"hydra.run.dir={tmp_path}"],

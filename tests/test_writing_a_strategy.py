@@ -18,6 +18,7 @@ import torch
 from distlib.comm.sim import SimWorld
 from distlib.strategy import Context
 from distlib.topology import Topology, complete
+from support import VectorWorker, run_workers
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-strategy.md"
 
@@ -52,20 +53,12 @@ def test_pairs_average_and_keep_the_mean(project, monkeypatch):
     x0 = np.random.default_rng(0).normal(size=(n, dim))
     world, topo = SimWorld(n), Topology(complete(n))
 
-    def fn(r):
-        x = torch.from_numpy(x0[r].copy())
-        strategy = mod.RandomPairGossip()
-        ctx = Context(type("W", (), {"flat_params": staticmethod(lambda: x)})(), world.comms[r], topo,
-                      extras={"seed": 1234})
-        strategy.setup(ctx)
-        out = []
-        for step in range(steps):
-            ctx.step = step
-            strategy.after_step(ctx)
-            out.append(x.numpy().copy())
-        return out
+    got = [[] for _ in range(n)]    # x_i after every step
 
-    got = world.run(fn)
+    def record(ctx):
+        got[ctx.rank].append(ctx.worker.x.numpy().copy())
+    run_workers(world, topo, lambda r: mod.RandomPairGossip(), lambda r: VectorWorker(torch.from_numpy(x0[r].copy())),
+                steps, seed=1234, after=record)
     rng, x = np.random.default_rng(1234), x0.copy()     # the same rule, written independently
     for k in range(steps):
         perm = rng.permutation(n)
@@ -77,6 +70,8 @@ def test_pairs_average_and_keep_the_mean(project, monkeypatch):
         np.testing.assert_allclose(x.mean(0), x0.mean(0), atol=1e-12)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_page_command_runs(project, tmp_path):
     (cmd,) = [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("distlib-train")]
     # As written, plus a small task so the test is quick; the run directory is fixed to read it back.

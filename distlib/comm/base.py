@@ -1,4 +1,5 @@
-"""The Communicator interface: everything a worker may say to the others.
+"""The Communicator interface (everything a worker may say to the others) and the Backend
+interface (how the per-worker training function is run).
 
 Strategies are written from one worker's point of view against this interface, in plain
 blocking style, and run unchanged on the simulated backend (all workers in one process)
@@ -13,9 +14,11 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+
+from distlib.registry import Registry
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -25,6 +28,22 @@ def nbytes(t: torch.Tensor) -> int:
 def ring_allreduce_bytes(t: torch.Tensor, world: int) -> int:
     """Bytes one worker sends in a ring all-reduce (reduce-scatter + all-gather): 2 (n-1)/n P."""
     return 2 * (world - 1) * nbytes(t) // world if world > 1 else 0
+
+
+def collective_bytes(kind: str, t: torch.Tensor, world: int, rank: int, src: int = 0) -> tuple[int, int]:
+    """(sent, received) bytes of one worker in a collective; both backends count with this.
+
+    all_reduce counts a ring all-reduce; broadcast a direct send from ``src`` to everyone;
+    all_gather every worker's tensor to every other worker.
+    """
+    b = nbytes(t)
+    if kind == "all_reduce":
+        return ring_allreduce_bytes(t, world), ring_allreduce_bytes(t, world)
+    if kind == "broadcast":
+        return (b * (world - 1), 0) if rank == src else (0, b)
+    if kind == "all_gather":
+        return b * (world - 1), b * (world - 1)
+    raise ValueError(f"no byte count for collective {kind!r}")
 
 
 @dataclass
@@ -89,18 +108,20 @@ class Communicator(ABC):
         """
 
     # -- point to point ---------------------------------------------------------------------
+    # Tags keep message kinds apart: a receive on one tag never takes a message sent on another.
     @abstractmethod
-    def send(self, tensor: torch.Tensor, dst: int) -> None: ...
+    def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None: ...
 
     @abstractmethod
-    def recv(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+    def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> torch.Tensor:
         """Blocking receive into ``tensor`` from ``src``."""
 
     @abstractmethod
-    def isend(self, tensor: torch.Tensor, dst: int) -> Handle: ...
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> Handle:
+        """Send a snapshot of ``tensor``: the caller may change it at once."""
 
     @abstractmethod
-    def irecv(self, tensor: torch.Tensor, src: int) -> Handle: ...
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle: ...
 
     def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
                  poll: bool = False) -> int | None:
@@ -148,3 +169,21 @@ class Communicator(ABC):
             self.counters.bytes_sent += sent
             self.counters.bytes_recv += recv
             self.counters.messages_sent += messages if sent else 0
+
+
+class Backend:
+    """Runs the per-worker training function ``fn(comm)`` for the ranks of this process."""
+
+    world_size: int
+    #: ranks whose workers live in this process
+    local_ranks: list[int]
+
+    def run(self, fn: Callable[[Communicator], Any]) -> Any:
+        """Run ``fn`` for every local rank; return rank 0's result (None in other processes)."""
+        raise NotImplementedError
+
+
+#: ``sim``: all workers in this process (distlib/comm/sim.py); ``torch``: one worker per
+#: process over torch.distributed (distlib/comm/dist.py).
+BACKENDS: Registry[Backend] = Registry("backend", "backend",
+                                       lazy={"sim": "distlib.comm.sim", "torch": "distlib.comm.dist"})

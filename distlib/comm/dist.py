@@ -1,4 +1,15 @@
-"""The torch.distributed Communicator: one worker per process (gloo on CPU, NCCL on GPU).
+"""The ``torch`` backend: one worker per process over torch.distributed (gloo on CPU, NCCL on GPU).
+
+Launched by torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT::
+
+    torchrun --nproc_per_node=4 --no-python distlib-train backend=torch workers=4 algorithm=dpsgd
+
+:class:`TorchBackend` joins the default process group (or uses one the caller already
+initialised), runs this rank's worker on a :class:`DistCommunicator`, and leaves the group
+cleanly. Every rank builds its model from the same seeds as the simulated backend, so both
+backends start from identical parameters without a broadcast. Under
+``torchrun --max-restarts`` a restarted process calls ``run`` again from scratch; give
+``hydra.run.dir`` explicitly so that every rank and every restart agree on the run directory.
 
 Same interface and the same byte accounting as the simulated backend
 (:mod:`distlib.comm.sim`), so a synchronous Strategy gives the same numbers and the same
@@ -21,16 +32,18 @@ byte counts on both. Differences a Strategy author may meet:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from datetime import timedelta
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-from distlib.comm.base import Communicator, Counters, Handle, nbytes, ring_allreduce_bytes
-from distlib.errors import CommError
+from distlib.comm.base import BACKENDS, Backend, Communicator, Counters, Handle, collective_bytes, nbytes
+from distlib.errors import CommError, ConfigError
+from distlib.options import choice, number
 
 #: ``exchange`` travels on this gloo tag so it never matches a user's send/recv.
 RESERVED_TAG = 1 << 30
@@ -155,8 +168,7 @@ class DistCommunicator(Communicator):
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op not in _OPS:
             raise ValueError(f"all_reduce: unknown op {op!r}; allowed: {', '.join(_OPS)}")
-        b = ring_allreduce_bytes(tensor, self.world_size)
-        self._count(b, b)
+        self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
         with self._op(f"all_reduce(op={op})"):
             w = self._wire(tensor)
             self._wait(dist.all_reduce(w, op=_OPS[op], async_op=True))
@@ -166,9 +178,7 @@ class DistCommunicator(Communicator):
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-        n = self.world_size
-        self._count(nbytes(tensor) * (n - 1) if self.rank == src else 0,
-                    0 if self.rank == src else nbytes(tensor))
+        self._count(*collective_bytes("broadcast", tensor, self.world_size, self.rank, src))
         with self._op(f"broadcast(src={src})"):
             w = self._wire(tensor)
             self._wait(dist.broadcast(w, src, async_op=True))
@@ -177,7 +187,7 @@ class DistCommunicator(Communicator):
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         n = self.world_size
-        self._count(nbytes(tensor) * (n - 1), nbytes(tensor) * (n - 1))
+        self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         with self._op("all_gather()"):
             w = self._wire(tensor)
             out = [torch.empty_like(w) for _ in range(n)]
@@ -274,3 +284,92 @@ class DistCommunicator(Communicator):
 def _check_tag(tag: int) -> None:
     if not 0 <= tag < RESERVED_TAG:
         raise ValueError(f"tag must be in [0, {RESERVED_TAG}), got {tag}")
+
+
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@BACKENDS.register("torch")
+class TorchBackend(Backend):
+    """One worker in this process; the others are the other ranks of the process group."""
+
+    def __init__(self, workers: int, dist: str = "auto", timeout_s: float = 300.0) -> None:
+        choice("backend.dist", dist, DIST_BACKENDS)
+        self.timeout_s = number("backend.timeout_s", timeout_s, gt=0)
+        self.rank, self.world_size = _rank_and_world()
+        if workers != self.world_size:
+            raise ConfigError(f"workers: the run needs {workers} ranks (workers plus the algorithm's service "
+                              f"ranks) but the torch.distributed job has {self.world_size} processes "
+                              f"(WORLD_SIZE); launch {workers} processes or set workers to match")
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.local_ranks = [self.rank]
+        if dist == "auto":
+            dist = "nccl" if torch.cuda.is_available() else "gloo"
+        if dist == "nccl" and not torch.cuda.is_available():
+            raise ConfigError("backend.dist: nccl needs CUDA, which is not available here; use gloo")
+        self.dist = dist
+        # NCCL moves CUDA tensors only: CPU tensors are staged onto this rank's GPU.
+        self.device = torch.device("cuda", self.local_rank) if dist == "nccl" else None
+        self.comm: DistCommunicator | None = None
+
+    def run(self, fn: Callable[[Communicator], Any]) -> Any:
+        """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
+        owns_group = not dist.is_initialized()
+        if owns_group:
+            self._join()
+        ok = False
+        try:
+            self.comm = comm = DistCommunicator(self.timeout_s, self.device)
+            # Every rank meets once before any point-to-point traffic: the first batched
+            # P2P call of a group must not be the one that sets up its connections (NCCL).
+            with comm.uncounted():
+                comm.barrier()
+            result = fn(comm)
+            with comm.uncounted():
+                comm.finish()
+                comm.barrier()      # nobody leaves while a peer may still be reading
+            ok = True
+            return result if self.rank == 0 else None
+        finally:
+            if owns_group:
+                _leave(ok)
+
+    def _join(self) -> None:
+        """Join the default process group from the torchrun environment (env://)."""
+        if self.device is not None:
+            torch.cuda.set_device(self.device)
+        try:
+            timeout = timedelta(seconds=self.timeout_s)
+            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            if restart == "0":
+                dist.init_process_group(self.dist, timeout=timeout, device_id=self.device)
+            else:
+                # After torchrun --max-restarts restarted the group, the agent's store still holds
+                # the dead group's gloo addresses under the same keys; a fresh prefix per restart
+                # keeps the new ranks from dialling them (seen on torch 2.14 with gloo).
+                store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+                dist.init_process_group(self.dist, store=dist.PrefixStore(f"distlib/restart{restart}", store),
+                                         rank=rank, world_size=world, timeout=timeout, device_id=self.device)
+        except RuntimeError as e:   # a rank that never arrives, or MASTER_ADDR:PORT unreachable
+            raise CommError(f"rank {self.rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
+                            f"{os.environ.get('MASTER_PORT')} failed (timeout {self.timeout_s:g} s): {e}") from e
+
+
+def _leave(ok: bool) -> None:
+    """Destroy the process group; after a failure, do not let teardown hide the error."""
+    try:
+        dist.destroy_process_group()
+    except Exception:   # noqa: BLE001  (the group may be broken after a peer died)
+        if ok:
+            raise
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    missing = [k for k in _ENV if k not in os.environ]
+    if missing:
+        raise ConfigError(f"backend: torch needs the torchrun environment ({', '.join(missing)} not set); "
+                          f"launch with torchrun --nproc_per_node=N --no-python distlib-train backend=torch workers=N")
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -1,4 +1,4 @@
-"""The simulated backend: n workers in one process, run cooperatively as greenlets.
+"""The simulated backend (``backend=sim``): n workers in one process, run cooperatively as greenlets.
 
 Every worker runs the same blocking code it would run as a real process. A communication
 call that cannot complete yet switches back to the hub, which resumes the runnable worker
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import greenlet
 import torch
 
-from distlib.comm.base import Communicator, Counters, Handle, nbytes
+from distlib.comm.base import BACKENDS, Backend, Communicator, Counters, Handle, collective_bytes, nbytes
 from distlib.errors import DeadlockError
 from distlib.network import NetworkModel
 
@@ -214,8 +214,7 @@ class SimCommunicator(Communicator):
             for t in c.tensors.values():
                 t.copy_(red)
         n = self.world.n
-        self._count(2 * (n - 1) * nbytes(tensor) // n if n > 1 else 0,
-                    2 * (n - 1) * nbytes(tensor) // n if n > 1 else 0)
+        self._count(*collective_bytes("all_reduce", tensor, n, self.rank))
         self._collective("all_reduce", tensor, combine,
                          self.world.network.all_reduce(nbytes(tensor), n), extra=op)
         return tensor
@@ -225,15 +224,14 @@ class SimCommunicator(Communicator):
             for r, t in c.tensors.items():
                 if r != src:
                     t.copy_(c.tensors[src])
-        self._count(nbytes(tensor) * (self.world.n - 1) if self.rank == src else 0,
-                    0 if self.rank == src else nbytes(tensor))
+        self._count(*collective_bytes("broadcast", tensor, self.world.n, self.rank, src))
         self._collective("broadcast", tensor, combine,
                          self.world.network.broadcast(nbytes(tensor), self.world.n), extra=src)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         n = self.world.n
-        self._count(nbytes(tensor) * (n - 1), nbytes(tensor) * (n - 1))
+        self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         out = self._collective("all_gather", tensor.detach().clone(),
                                lambda c: [c.tensors[r] for r in range(n)],
                                self.world.network.all_gather(nbytes(tensor), n))
@@ -331,3 +329,20 @@ class SimCommunicator(Communicator):
             return None
         tensor.copy_(self._take(f[1], ("p2p", tag)))
         return f[1]
+
+
+@BACKENDS.register("sim")
+class SimBackend(Backend):
+    """All workers in one process, run cooperatively and deterministically."""
+
+    def __init__(self, workers: int, network: NetworkModel | None = None,
+                 speeds: list[float] | None = None) -> None:
+        self.world_size = workers
+        self.local_ranks = list(range(workers))
+        self.world = SimWorld(workers, network)
+        if speeds is not None:
+            for c, s in zip(self.world.comms, speeds):
+                c.speed = float(s)
+
+    def run(self, fn: Callable[[Communicator], Any]) -> Any:
+        return self.world.run(lambda r: fn(self.world.comms[r]))[0]

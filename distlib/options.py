@@ -1,0 +1,66 @@
+"""Checks for a component's options, with the project's one-line messages.
+
+A Strategy (or any component) declares its options once, as keyword arguments with defaults
+in its constructor; the config group node is made from that signature
+(:func:`distlib.registry.defaults_of`). The constructor checks each value with these::
+
+    self.budget = number("algorithm.budget", budget, gt=0, le=1)
+    self.form = choice("algorithm.form", form, FORMS)
+
+booleans are refused where a number is asked for (``True`` is not a step size).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, TypeVar
+
+from distlib.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def in_range(v: float, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+             le: float | None = None) -> bool:
+    return ((gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt)
+            and (le is None or v <= le))
+
+
+def describe_range(gt: float | None = None, ge: float | None = None, lt: float | None = None,
+                   le: float | None = None) -> str:
+    """``> 0 and <= 1``."""
+    return " and ".join(f"{op} {b:g}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None)
+
+
+def number(where: str, v: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+           le: float | None = None, optional: bool = False) -> float | None:
+    """``v`` as a float if it is a number in range (or None when ``optional``), else a ConfigError."""
+    if v is None and optional:
+        return None
+    if not is_number(v) or not in_range(v, gt, ge, lt, le):
+        rng = describe_range(gt, ge, lt, le)
+        raise ConfigError(f"{where}: must be a number{' ' + rng if rng else ''}"
+                          f"{' or null' if optional else ''}, got {v!r}")
+    return float(v)
+
+
+def integer(where: str, v: Any, *, ge: int | None = None, le: int | None = None) -> int:
+    """``v`` if it is an integer in range, else a ConfigError."""
+    if not is_integer(v) or not in_range(v, ge=ge, le=le):
+        rng = describe_range(ge=ge, le=le)
+        raise ConfigError(f"{where}: must be an integer{' ' + rng if rng else ''}, got {v!r}")
+    return v
+
+
+def choice(where: str, v: T, allowed: Iterable[T]) -> T:
+    """``v`` if it is one of ``allowed``, else a ConfigError listing them."""
+    allowed = tuple(allowed)
+    if v not in allowed:
+        raise ConfigError(f"{where}: unknown {v!r}; allowed: {', '.join(map(str, allowed))}")
+    return v

@@ -1,0 +1,98 @@
+"""Test support shared by every test file: one fake worker, one step runner, one free port.
+
+``run_workers`` drives strategies on a bare :class:`~distlib.comm.sim.SimWorld` through
+:func:`distlib.step.train_step`, the same step code the trainer's loops call, so a test of a
+strategy's hooks cannot drift from the order the runtime really uses.
+"""
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any, Callable
+
+import torch
+
+from distlib.comm.sim import SimWorld
+from distlib.lr import LRSchedule
+from distlib.protocol import AsyncStrategy
+from distlib.step import LoopState, train_step
+from distlib.strategy import Context, Strategy
+from distlib.topology import Topology
+
+#: (x_i, step) -> (loss, g_i): what the fake worker's forward/backward pass returns
+Gradient = Callable[[torch.Tensor, int], "tuple[float, torch.Tensor]"]
+
+
+class VectorWorker:
+    """The part of a Worker a strategy touches: flat x_i and g_i, a loss and gradient given by
+    ``gradient`` (zero without one), and a plain SGD step x_i <- x_i - gamma g_i."""
+
+    def __init__(self, x: torch.Tensor, lr: float = 0.0, gradient: Gradient | None = None, rank: int = 0) -> None:
+        self.x, self.g, self.rank = x, torch.zeros_like(x), rank
+        self._lr, self.gradient, self.steps = lr, gradient, 0
+
+    @property
+    def num_params(self) -> int:
+        return self.x.numel()
+
+    def flat_params(self) -> torch.Tensor:
+        return self.x
+
+    def flat_grad(self) -> torch.Tensor:
+        return self.g
+
+    def forward_backward(self) -> float:
+        loss = 0.0
+        if self.gradient is not None:
+            loss, g = self.gradient(self.x, self.steps)
+            self.g.copy_(g)
+        self.steps += 1
+        return float(loss)
+
+    def lr(self) -> float:
+        return self._lr
+
+    def set_lr(self, lr: float) -> None:
+        self._lr = lr
+
+    def optimizer_step(self) -> None:
+        self.x.sub_(self.g, alpha=self._lr)
+
+
+def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[int], Strategy],
+                make_worker: Callable[[int], Any], steps: int, *, seed: int = 1234,
+                step_time: float | None = None, before: Callable[[Context], None] | None = None,
+                after: Callable[[Context], None] | None = None) -> list[tuple[Strategy, Any, Context]]:
+    """Run ``steps`` steps of every worker (an asynchronous strategy: until it stops, then its
+    ``finish``), each through ``train_step``; ``before`` / ``after`` see each step's context.
+    Returns (strategy, worker, context) per rank."""
+
+    def body(r: int) -> tuple[Strategy, Any, Context]:
+        comm, worker, strategy = world.comms[r], make_worker(r), make_strategy(r)
+        if step_time is not None:
+            comm.measure_compute = False
+        ctx = Context(worker, comm, topology, seed=seed, total_steps=steps, steps_per_epoch=steps + 1,
+                      lr=LRSchedule(worker.lr()), workers=world.n)
+        strategy.setup(ctx)
+        loop = LoopState()
+        for k in itertools.count():
+            ctx.step = k
+            asynchronous = isinstance(strategy, AsyncStrategy)
+            if not (strategy.keep_training(ctx) if asynchronous else k < steps):
+                break
+            if before is not None:
+                before(ctx)
+            train_step(ctx, strategy, loop, step_time)
+            if after is not None:
+                after(ctx)
+        if isinstance(strategy, AsyncStrategy):
+            strategy.finish(ctx)
+        return strategy, worker, ctx
+    return world.run(body)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
