@@ -161,3 +161,26 @@ def test_leader_table_relates_leader_shares_to_shard_sizes(tmp_path):
     assert (row["smallest_size"]["mean"], row["smallest_share"]["mean"]) == pytest.approx((100, 0.25))
     assert (row["top_size"]["mean"], row["top_share"]["mean"]) == pytest.approx((250, 0.4))
     assert "| 2 | 0.00 ± 1.41 | 100 ± 0 | 0.250 ± 0.212 |" in (tmp_path / "report" / "leaders.md").read_text()
+
+
+def test_diverged_seeds_are_counted_and_left_out_of_the_means(tmp_path):
+    """Two finished seeds and one diverged (summary.diverged.json, as the grid runner leaves it)
+    in one group; a second group whose only seed diverged before any evaluation."""
+    hist = lambda acc: [{"step": 8, "test_accuracy": acc, "bytes_sent": 1e6}]   # noqa: E731
+    _write_summary(tmp_path / "runs" / "a0", 0, hist(0.90))
+    _write_summary(tmp_path / "runs" / "a1", 1, hist(0.80))
+    _write_summary(tmp_path / "runs" / "a2", 2, hist(0.10))
+    os.replace(tmp_path / "runs" / "a2" / "summary.json", tmp_path / "runs" / "a2" / "summary.diverged.json")
+    (tmp_path / "runs" / "b0").mkdir()
+    (tmp_path / "runs" / "b0" / "summary.diverged.json").write_text(json.dumps(
+        {"algorithm": "dpsgd", "seed": 0, "config": {"algorithm": {"name": "dpsgd"}, "seed": 0}, "history": [],
+         "diverged": "diverged: loss became nan on worker 0 at step 3"}))
+    res = compare([tmp_path / "runs"], tmp_path / "report", target=0.85)
+    table = {r["algorithm"]: r for r in json.loads((tmp_path / "report" / "table.json").read_text())}
+    al, dp = table["al_dsgd"], table["dpsgd"]
+    assert (al["seeds"], al["diverged_seeds"]) == ([0, 1], [2])
+    assert al["final_test_accuracy"]["mean"] == pytest.approx(0.85)      # (0.90 + 0.80) / 2, not with 0.10
+    assert (al["steps_to_target"]["n"], dp["seeds"], dp["diverged_seeds"], dp["final_test_accuracy"]["n"]) == (1, [], [0], 0)
+    md = (tmp_path / "report" / "table.md").read_text()
+    assert "| al_dsgd | 2 | 1/3 | 85.00 ± 7.07 |" in md and "| dpsgd | 0 | 1/1 | - |" in md
+    assert res["figures"]       # an all-diverged group draws nothing but breaks nothing

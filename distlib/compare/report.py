@@ -20,7 +20,7 @@ from distlib.compare.runs import Group, group_runs, load_runs, select
 from distlib.compare.stats import Stat, final, leader_stats, to_target
 from distlib.errors import ConfigError
 
-COLUMNS = ("setting", "algorithm", "seeds", "final test acc (%)", "final train loss", "MB sent / worker",
+COLUMNS = ("setting", "algorithm", "seeds", "diverged", "final test acc (%)", "final train loss", "MB sent / worker",
            "virtual time (s)")
 #: per target accuracy t: (column title, row key, scale, digits)
 TARGET_COLUMNS = (("steps to {t}", "step", 1, 0), ("MB to {t}", "bytes_sent", 1e-6, 3),
@@ -44,7 +44,7 @@ def rows(groups: list[Group], targets: float | Sequence[float]) -> list[dict[str
     for g in groups:
         hits = [to_target(g, t) for t in targets]
         out.append({"setting": g.setting, "algorithm": g.algorithm, "seeds": g.seeds,
-                    "runs": [str(r.path) for r in g.runs],
+                    "runs": [str(r.path) for r in g.runs], "diverged_seeds": [r.seed for r in g.diverged],
                     "final_test_accuracy": final(g, "test_accuracy"), "final_train_loss": final(g, "train_loss"),
                     "bytes_sent": final(g, "bytes_sent"), "virtual_s": final(g, "virtual_s"),
                     "to_target": [{"target": t, **hit} for t, hit in zip(targets, hits)],
@@ -58,11 +58,13 @@ def markdown(table: list[dict[str, Any]], targets: float | Sequence[float]) -> s
     cols = list(COLUMNS) + [c.format(t=_pct(t)) for t in targets for c, *_ in TARGET_COLUMNS] + \
         [f"reached {_pct(t)}" for t in targets]
     lines = [f"Mean ± std over seeds. Target accuracies: {', '.join(map(_pct, targets))} (test accuracy of "
-             "the averaged model); a 'to target' column averages the seeds that reached it, 'reached' counts them.",
+             "the averaged model); a 'to target' column averages the seeds that reached it, 'reached' counts them. "
+             "Seeds that diverged (NaN loss) are counted under 'diverged' and left out of every other column.",
              "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         n = len(r["seeds"])
-        cells = [r["setting"], r["algorithm"], str(n), r["final_test_accuracy"].fmt(100), r["final_train_loss"].fmt(1, 4),
+        cells = [r["setting"], r["algorithm"], str(n), f"{len(r['diverged_seeds'])}/{n + len(r['diverged_seeds'])}",
+                 r["final_test_accuracy"].fmt(100), r["final_train_loss"].fmt(1, 4),
                  r["bytes_sent"].fmt(1e-6, 3), r["virtual_s"].fmt(1, 3)]
         cells += [hit[key].fmt(scale, digits) for hit in r["to_target"] for _, key, scale, digits in TARGET_COLUMNS]
         cells += [f"{hit['step'].n}/{n}" for hit in r["to_target"]]

@@ -40,6 +40,8 @@ def stat(values: list[float]) -> Stat:
 
 def curve(group: Group, y: str, x: str = "step") -> Curve:
     """The seeds' mean (and std) of ``y`` at the steps every seed recorded, against mean ``x``."""
+    if not group.runs:      # every seed diverged
+        return Curve(np.zeros(0), np.zeros(0), np.zeros(0))
     histories = [{h["step"]: h for h in r.summary["history"] if h.get(y) is not None} for r in group.runs]
     steps = sorted(set.intersection(*(set(h) for h in histories))) if histories else []
     ys = np.array([[h[s][y] for s in steps] for h in histories], dtype=np.float64).reshape(len(histories), -1)
