@@ -2,8 +2,8 @@
 # Regenerate docs/results/: AL-DSGD vs D-PSGD vs MATCHA in the paper's regime on the embedded
 # MNIST digits, and the non-IID extension (see docs/results.md for what each table shows).
 #
-#   scripts/run_results.sh                       # MODEL=mlp: every section (295 runs), then the reports
-#   MODEL=cnn scripts/run_results.sh             # the small CNN: the paper-regime sections (195 runs)
+#   scripts/run_results.sh                       # MODEL=mlp: every section (305 runs), then the reports
+#   MODEL=cnn scripts/run_results.sh             # the small CNN: the paper-regime sections (205 runs)
 #   JOBS=2 SEEDS=5 RUNS=/tmp/results_runs scripts/run_results.sh
 #   scripts/run_results.sh report                # only rebuild the reports from the runs there
 #   ONLY='paper/static/*' SEEDS=1 EPOCHS=2 scripts/run_results.sh   # a quick end-to-end check
