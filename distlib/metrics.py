@@ -21,6 +21,47 @@ HISTORY_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "co
                 "bytes_sent", "virtual_s")
 
 
+#: TensorBoard text tag of the per-worker table (shard size beside leader shares)
+WORKERS_TAG = "workers/shards_and_leaders"
+#: history keys of a strategy's leader shares (AL-DSGD), per worker r: ``leader_best/worker_r`` ...
+LEADER_KINDS = ("best", "degree")
+
+
+def leader_shares(history: list[dict[str, Any]], n: int) -> dict[str, list[float]]:
+    """Each worker's share of all leader choices over the run so far, per kind (``best``: N,
+    ``degree``: tau); kinds no record has are left out.
+
+    A record holds the shares since the previous record, so records are weighted by the steps
+    they cover (equal windows but the last; with a leader period T, a window of s steps holds
+    about s / T leader steps either way).
+    """
+    out: dict[str, list[float]] = {}
+    for kind in LEADER_KINDS:
+        keys = [f"leader_{kind}/worker_{r}" for r in range(n)]
+        total, weight, prev = np.zeros(n), 0.0, 0
+        for h in history:
+            w, prev = h["step"] - prev, h["step"]
+            if any(k in h for k in keys):
+                total += w * np.array([h.get(k, 0.0) for k in keys])
+                weight += w
+        if weight > 0:
+            out[kind] = (total / weight).tolist()
+    return out
+
+
+def workers_table(shard_sizes: list[int] | None, shares: dict[str, list[float]]) -> str | None:
+    """A markdown table, one row per worker: its shard size and its leader shares (if any)."""
+    n = len(shard_sizes) if shard_sizes else len(next(iter(shares.values()), []))
+    if n == 0:
+        return None
+    cols = (["shard size"] if shard_sizes else []) + [f"leader share ({k})" for k in shares]
+    lines = ["| worker | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in range(n):
+        cells = ([str(shard_sizes[r])] if shard_sizes else []) + [f"{v[r]:.3f}" for v in shares.values()]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -68,6 +109,7 @@ class RunLogger:
         record.setdefault("wall_s", self.wall())    # records made earlier (asynchronous runs) bring their own
         self.history.append(record)
         self._write_tb(record)
+        self._write_workers(self.history)
         if self.progress:
             self._print(record)
         self.write_summary()
@@ -85,6 +127,17 @@ class RunLogger:
             for key in ("train_loss", "test_accuracy"):
                 if isinstance(record.get(key), float) and math.isfinite(record[key]):
                     tb.add_scalar(f"vs_virtual_time_ms/{key}", record[key], int(record["virtual_s"] * 1e3))
+            tb.flush()
+
+    def _write_workers(self, history: list[dict[str, Any]]) -> None:
+        """Each worker's shard size beside its leader shares so far, as a TensorBoard text table:
+        why a worker leads (under label skew a small shard overfits, its loss is low, it wins)."""
+        tb = self._writer()
+        if tb is None or not history:
+            return
+        text = workers_table(self.header.get("shard_sizes"), leader_shares(history, int(self.header.get("workers", 0))))
+        if text is not None:
+            tb.add_text(WORKERS_TAG, text, history[-1]["step"])
             tb.flush()
 
     def log_histograms(self, values: dict[str, list[float]], step: int) -> None:
@@ -114,8 +167,9 @@ class RunLogger:
             self.close()
             for old in (self.run_dir / "tb").glob("events.out.tfevents.*"):
                 old.unlink()    # they hold this run up to the crash: replayed below up to the checkpoint
-            for record in self.history:
+            for k, record in enumerate(self.history):
                 self._write_tb(record)
+                self._write_workers(self.history[:k + 1])
 
     def _print(self, r: dict[str, Any]) -> None:
         acc = r.get("test_accuracy", float("nan"))

@@ -150,6 +150,7 @@ class Trainer:
         return {"algorithm": c.algorithm.get("name") or c.algorithm.get("_target_"), "workers": c.workers,
                 "seed": c.seed, "topology": c.topology.name, "model": c.model.name, "dataset": c.dataset.name,
                 "backend": c.backend.name, "steps_per_epoch": self.steps_per_epoch,
+                "shard_sizes": [len(s) for s in self.shards],
                 "config": OmegaConf.to_container(c, resolve=True)}
 
     # -- measuring -------------------------------------------------------------------------

@@ -1,63 +1,57 @@
 #!/usr/bin/env bash
-# Regenerate docs/results/: the AL-DSGD vs D-PSGD vs MATCHA comparison on the embedded MNIST digits.
+# Regenerate docs/results/: AL-DSGD vs D-PSGD vs MATCHA in the paper's regime on the embedded
+# MNIST digits, and the non-IID extension (see docs/results.md for what each table shows).
 #
-#   scripts/run_results.sh                 # all sweeps (84 runs), then the reports
-#   RUNS=/tmp/results_runs JOBS=2 scripts/run_results.sh
-#   scripts/run_results.sh report          # only rebuild the reports from existing runs
+#   scripts/run_results.sh                       # MODEL=mlp: every section (305 runs), then the reports
+#   MODEL=cnn scripts/run_results.sh             # the small CNN: the paper-regime sections (205 runs)
+#   JOBS=2 SEEDS=5 RUNS=/tmp/results_runs scripts/run_results.sh
+#   scripts/run_results.sh report                # only rebuild the reports from the runs there
+#   ONLY='paper/static/*' SEEDS=1 EPOCHS=2 scripts/run_results.sh   # a quick end-to-end check
 #
-# Every run: 8 workers, 2-layer MLP (64 hidden), 6 epochs, batch 16 per worker, lr 0.1,
-# no momentum, weight decay 5e-4, Dirichlet label skew, 1 Gbit/s links and a fixed 5 ms compute step (so virtual time is deterministic), three seeds.
+# Resumable: a run whose summary.json reached its last step is skipped, an interrupted one
+# resumes from its last checkpoint, a diverged one is not retried (scripts/results_grid.py,
+# distlib/compare/grid.py). Every run is `distlib-train +experiment=aldsgd_paper` (8 workers,
+# IID, lr 0.4, momentum 0, batch 16, weight decay 5e-4, per-worker initialisation,
+# W = I - alpha L, the published AL-DSGD constants, 6 epochs) with the cell's overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODEL=${MODEL:-mlp}
+if [ "$MODEL" = mlp ]; then DEFAULT_SECTIONS=paper,sparse_matcha,extension; else DEFAULT_SECTIONS=paper,sparse_matcha; fi
+SECTIONS=${SECTIONS:-$DEFAULT_SECTIONS}
+SEEDS=${SEEDS:-5}
+JOBS=${JOBS:-1}
 RUNS=${RUNS:-/tmp/results_runs}
 OUT=${OUT:-docs/results}
-JOBS=${JOBS:-2}
-TRAIN=${TRAIN:-distlib-train}
+EPOCHS=${EPOCHS:-}             # empty: the preset's 6 epochs
+ONLY=${ONLY:-}                 # a glob over SECTION/CELL, e.g. 'paper/static/*' (empty: every cell)
+PYTHON=${PYTHON:-python}
 COMPARE=${COMPARE:-distlib-compare}
+TARGETS="--target 0.9 --target 0.95"
 export OMP_NUM_THREADS=1
 
-COMMON="model=mlp model.hidden=[64] workers=8 epochs=6 batch_size=16 optim.lr=0.1 optim.momentum=0 \
-optim.weight_decay=5e-4 dataset.partition=dirichlet eval_every=16 eval.per_worker=false \
-log.progress=false log.tensorboard=false network=gigabit cluster.step_time_s=0.005 seed=0,1,2"
-SPARSE="aldsgd_sparse846_a,aldsgd_sparse538_a,aldsgd_er8_dynamic,aldsgd_sparse846_dynamic,aldsgd_sparse538_dynamic"
-
-# name | overrides. Decentralized runs start from different parameters per worker (the
-# AL-DSGD recipe); AllReduce-SGD, the reference, starts from one (it never averages
-# parameters, so different starts would never meet; compare is told to --ignore init).
-# D-PSGD uses W = I - alpha L, the weights of AL-DSGD's D-PSGD base, so the AL-DSGD vs
-# D-PSGD difference is AL-DSGD's own averaging, pull and graphs.
-SWEEPS=(
-  "er8_allreduce|algorithm=allreduce_sgd init=same topology=matcha_er8 dataset.alpha=0.5,0.1"
-  "er8_dpsgd|init=per_worker algorithm=dpsgd algorithm.weights=laplacian topology=matcha_er8 dataset.alpha=0.5,0.1"
-  "er8_matcha|init=per_worker algorithm=matcha algorithm.budget=0.5,0.3,0.1 topology=matcha_er8 dataset.alpha=0.5,0.1"
-  "er8_aldsgd_matcha|init=per_worker algorithm=al_dsgd algorithm.base=matcha algorithm.budget=0.5,0.3,0.1 topology=matcha_er8 dataset.alpha=0.5,0.1"
-  "er8_aldsgd_dpsgd|init=per_worker algorithm=al_dsgd algorithm.base=dpsgd topology=matcha_er8 dataset.alpha=0.5,0.1"
-  "sparse_dpsgd|init=per_worker algorithm=dpsgd algorithm.weights=laplacian topology=$SPARSE dataset.alpha=0.1"
-  "sparse_aldsgd_dpsgd|init=per_worker algorithm=al_dsgd algorithm.base=dpsgd topology=$SPARSE dataset.alpha=0.1"
-)
-
-run_sweep() {
-  local name=${1%%|*} overrides=${1#*|}
-  if [ -f "$RUNS/$name/.done" ]; then echo "skip $name (done)"; return; fi
-  echo "sweep $name: $overrides"
-  set -f    # the overrides hold [..] lists: no globbing
-  # shellcheck disable=SC2086
-  nice -n 10 $TRAIN -m $overrides $COMMON "hydra.sweep.dir=$RUNS/$name" > "$RUNS/$name.log" 2>&1 \
-    && touch "$RUNS/$name/.done"
-}
-export -f run_sweep
-export RUNS COMMON TRAIN
-
 if [ "${1:-all}" != report ]; then
-  mkdir -p "$RUNS"
-  printf '%s\n' "${SWEEPS[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_sweep "$@"' _ {}
+  echo "== grid: MODEL=$MODEL SECTIONS=$SECTIONS SEEDS=$SEEDS JOBS=$JOBS RUNS=$RUNS ${EPOCHS:+EPOCHS=$EPOCHS}"
+  nice -n 10 "$PYTHON" scripts/results_grid.py --model "$MODEL" --sections "$SECTIONS" --seeds "$SEEDS" \
+    --jobs "$JOBS" --runs "$RUNS" ${EPOCHS:+--epochs "$EPOCHS"} ${ONLY:+--only "$ONLY"}
 fi
 
-mkdir -p "$OUT"
-# 1. every algorithm on matcha_er8 at C_b = 0.5, both partitions
-$COMPARE "$RUNS"/er8_*/ --out "$OUT/main" --target 0.85 --ignore init --where topology.name=matcha_er8 --where algorithm.budget=0.5
-# 2. the budget axis: MATCHA and AL-DSGD (MATCHA base) at C_b = 0.5, 0.3, 0.1
-$COMPARE "$RUNS/er8_matcha" "$RUNS/er8_aldsgd_matcha" "$RUNS/er8_dpsgd" --out "$OUT/budget" --target 0.85
-# 3. the sparsity axis: D-PSGD and AL-DSGD (D-PSGD base) on sparser static and dynamic graphs, alpha = 0.1
-$COMPARE "$RUNS/sparse_dpsgd" "$RUNS/sparse_aldsgd_dpsgd" "$RUNS/er8_dpsgd" "$RUNS/er8_aldsgd_dpsgd" \
-  --out "$OUT/sparsity" --target 0.85 --where dataset.alpha=0.1
+R="$RUNS/$MODEL${EPOCHS:+_e$EPOCHS}"
+O="$OUT/$MODEL${EPOCHS:+_e$EPOCHS}"
+# report NAME DIR... : one distlib-compare report into $O/NAME over the folders that exist,
+# if the first (the section's own runs) does
+report() {
+  local name=$1; shift
+  if [ ! -d "$1" ]; then echo "== $name: no runs in $1, skipped"; return; fi
+  local dirs=() d
+  for d in "$@"; do [ -d "$d" ] && dirs+=("$d"); done
+  echo "== $name -> $O/$name"
+  $COMPARE "${dirs[@]}" --out "$O/$name" $TARGETS
+}
+P="$R/paper"
+# (a) the paper's regime
+report paper_graphs   "$P/static" "$P/dynamic"                       # D-PSGD vs AL-DSGD, static and dynamic matcha_er8
+report paper_budget   "$P/budget" "$P/static/dpsgd" "$P/static/al_dsgd"  # MATCHA vs AL-DSGD on MATCHA, C_b 0.5 / 0.3 / 0.1
+report paper_sparsity "$P/sparse" "$P/static/dpsgd" "$P/static/al_dsgd" "$P/dynamic/dpsgd" "$P/dynamic/al_dsgd"
+report sparse_matcha  "$R/sparse_matcha" "$P/budget/matcha_cb0.5" "$P/budget/al_dsgd_matcha_cb0.5"
+# (b) the extension: Dirichlet label skew at lr 0.1 and 0.4 (leaders.md: leader shares vs shard sizes)
+report extension      "$R/extension"

@@ -111,3 +111,81 @@ def test_where_keeps_matching_runs_and_runs_without_the_key(sweep):
     assert len(select(runs, ("algorithm.budget=0.5",))) == len(runs)
     # D-PSGD's ``form`` is absent from all-reduce runs: those stay
     assert len(select(runs, ("algorithm.form=cta",))) == 6
+
+
+def _write_summary(path: Path, seed: int, history: list[dict], **extra) -> None:
+    path.mkdir(parents=True)
+    last = history[-1]
+    (path / "summary.json").write_text(json.dumps({
+        "algorithm": "al_dsgd", "seed": seed, "config": {"algorithm": {"name": "al_dsgd"}, "seed": seed},
+        "final": {"test_accuracy": last["test_accuracy"], "train_loss": 0.1}, "history": history, **extra}))
+
+
+def test_steps_and_bytes_to_several_targets_on_hand_made_histories(tmp_path):
+    """Two seeds, targets 90%, 95% and 99%, numbers worked out by hand:
+    90%: seed 0 first at step 20 (200 MB), seed 1 at step 30 (330 MB) -> 25 ± 7.07 steps, 265 ± 91.92 MB;
+    95%: seed 0 at step 40 (400 MB), seed 1 at step 30 (0.95 counts: >=) -> 35 ± 7.07 steps, 365 ± 49.50 MB;
+    99%: no seed -> '-' and 0/2."""
+    accs = {0: [0.5, 0.91, 0.93, 0.96], 1: [0.6, 0.85, 0.95, 0.97]}
+    for seed, acc in accs.items():
+        _write_summary(tmp_path / "runs" / str(seed), seed, [
+            {"step": 10 * (k + 1), "test_accuracy": a, "bytes_sent": 1e6 * (100 + 10 * seed) * (k + 1),
+             "virtual_s": 0.5 * (k + 1)} for k, a in enumerate(acc)])
+    compare([tmp_path / "runs"], tmp_path / "report", target=(0.9, 0.95, 0.99), plots=False)
+    (row,) = json.loads((tmp_path / "report" / "table.json").read_text())
+    t90, t95, t99 = row["to_target"]
+    assert (t90["target"], t95["target"], t99["target"]) == (0.9, 0.95, 0.99)
+    assert (t90["step"]["mean"], t90["step"]["std"], t90["step"]["n"]) == pytest.approx((25, 50 ** 0.5, 2))
+    assert (t90["bytes_sent"]["mean"], t90["bytes_sent"]["std"]) == pytest.approx((265e6, 1e6 * 8450 ** 0.5))
+    assert (t90["virtual_s"]["mean"], t95["virtual_s"]["mean"]) == pytest.approx((1.25, 1.75))
+    assert (t95["step"]["mean"], t95["step"]["std"]) == pytest.approx((35, 50 ** 0.5))
+    assert (t95["bytes_sent"]["mean"], t95["bytes_sent"]["std"]) == pytest.approx((365e6, 1e6 * 2450 ** 0.5))
+    assert t99["step"]["n"] == 0
+    assert row["steps_to_target"] == t90["step"]        # the first target, under the old keys too
+    md = (tmp_path / "report" / "table.md").read_text().splitlines()
+    header = [c.strip() for c in md[2].strip("|").split("|")]
+    cells = dict(zip(header, (c.strip() for c in md[4].strip("|").split("|"))))
+    assert cells["steps to 90%"] == "25 ± 7" and cells["MB to 90%"] == "265.000 ± 91.924"
+    assert cells["steps to 95%"] == "35 ± 7" and cells["MB to 95%"] == "365.000 ± 49.497"
+    assert cells["steps to 99%"] == cells["MB to 99%"] == "-"
+    assert (cells["reached 90%"], cells["reached 95%"], cells["reached 99%"]) == ("2/2", "2/2", "0/2")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "--target", "90"])      # a percentage, not a fraction: refused
+
+
+def test_leader_table_relates_leader_shares_to_shard_sizes(tmp_path):
+    """Seed 0: the smallest shard leads most (shares fall linearly with size: correlation -1);
+    seed 1 the reverse (+1). One evaluation window each, so the run's share is the record's."""
+    sizes = [100, 200, 300, 400]
+    for seed, shares in ((0, [0.4, 0.3, 0.2, 0.1]), (1, [0.1, 0.2, 0.3, 0.4])):
+        rec = {"step": 10, "test_accuracy": 0.9, **{f"leader_best/worker_{r}": s for r, s in enumerate(shares)}}
+        _write_summary(tmp_path / "runs" / str(seed), seed, [rec], shard_sizes=sizes)
+    compare([tmp_path / "runs"], tmp_path / "report", plots=False)
+    (row,) = json.loads((tmp_path / "report" / "leaders.json").read_text())
+    assert (row["corr"]["mean"], row["corr"]["std"]) == pytest.approx((0.0, 2 ** 0.5))
+    assert (row["smallest_size"]["mean"], row["smallest_share"]["mean"]) == pytest.approx((100, 0.25))
+    assert (row["top_size"]["mean"], row["top_share"]["mean"]) == pytest.approx((250, 0.4))
+    assert "| 2 | 0.00 ± 1.41 | 100 ± 0 | 0.250 ± 0.212 |" in (tmp_path / "report" / "leaders.md").read_text()
+
+
+def test_diverged_seeds_are_counted_and_left_out_of_the_means(tmp_path):
+    """Two finished seeds and one diverged (summary.diverged.json, as the grid runner leaves it)
+    in one group; a second group whose only seed diverged before any evaluation."""
+    hist = lambda acc: [{"step": 8, "test_accuracy": acc, "bytes_sent": 1e6}]   # noqa: E731
+    _write_summary(tmp_path / "runs" / "a0", 0, hist(0.90))
+    _write_summary(tmp_path / "runs" / "a1", 1, hist(0.80))
+    _write_summary(tmp_path / "runs" / "a2", 2, hist(0.10))
+    os.replace(tmp_path / "runs" / "a2" / "summary.json", tmp_path / "runs" / "a2" / "summary.diverged.json")
+    (tmp_path / "runs" / "b0").mkdir()
+    (tmp_path / "runs" / "b0" / "summary.diverged.json").write_text(json.dumps(
+        {"algorithm": "dpsgd", "seed": 0, "config": {"algorithm": {"name": "dpsgd"}, "seed": 0}, "history": [],
+         "diverged": "diverged: loss became nan on worker 0 at step 3"}))
+    res = compare([tmp_path / "runs"], tmp_path / "report", target=0.85)
+    table = {r["algorithm"]: r for r in json.loads((tmp_path / "report" / "table.json").read_text())}
+    al, dp = table["al_dsgd"], table["dpsgd"]
+    assert (al["seeds"], al["diverged_seeds"]) == ([0, 1], [2])
+    assert al["final_test_accuracy"]["mean"] == pytest.approx(0.85)      # (0.90 + 0.80) / 2, not with 0.10
+    assert (al["steps_to_target"]["n"], dp["seeds"], dp["diverged_seeds"], dp["final_test_accuracy"]["n"]) == (1, [], [0], 0)
+    md = (tmp_path / "report" / "table.md").read_text()
+    assert "| al_dsgd | 2 | 1/3 | 85.00 ± 7.07 |" in md and "| dpsgd | 0 | 1/1 | - |" in md
+    assert res["figures"]       # an all-diverged group draws nothing but breaks nothing

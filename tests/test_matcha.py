@@ -17,7 +17,7 @@ from distlib.comm.sim import SimWorld
 from distlib.errors import ConfigError
 from distlib.seeding import seed_for
 from distlib.strategy import Context
-from distlib.topology import GRAPHS, Topology, build_topology, published_graph
+from distlib.topology import GRAPHS, Topology, build_topology, decompose, published_graph
 from distlib.topology.activation import expected_gram, matcha_design, matching_laplacians, rho
 from test_topology import builtin_graphs
 
@@ -206,3 +206,21 @@ def test_training_run_logs_and_sends_what_was_drawn(tmp_path):
     assert summary["comm"]["bytes_sent_per_worker"] == want
     assert last["matcha/active_matchings"] == pytest.approx(np.mean([a.sum() for a in draws]))
     assert last["matcha/expected_matchings"] == pytest.approx(0.3 * d.num_matchings, abs=1e-6)
+
+
+def test_matcha_on_the_sparse_aldsgd_graphs_samples_the_published_matchings(tmp_path):
+    """aldsgd_sparse846_a has the released 4-matching decomposition (edge colouring gives 5): a
+    run at C_b = 0.5 expects sum_j p_j = C_b M = 2 active matchings per step, and draws
+    only from those 4. Both graphs of a dynamic pair use their own published decomposition."""
+    steps = 4
+    cfg = make_cfg("algorithm=matcha", "algorithm.budget=0.5", "topology=aldsgd_sparse846_a",
+                   f"max_steps={steps}", f"eval_every={steps}", *TINY)
+    trainer, summary = run_training(cfg, tmp_path)
+    graph = published_graph("aldsgd_sparse846_a")
+    d = matcha_design(graph, 0.5)
+    assert d.num_matchings == 4 and list(d.matchings) == decompose(graph, "published")
+    assert summary["history"][-1]["matcha/expected_matchings"] == pytest.approx(0.5 * 4, abs=1e-6)
+    topo = build_topology(make_cfg("topology=aldsgd_sparse538_dynamic").topology, 8)
+    for k in (0, 1):
+        g = topo.graph_at(k)
+        assert list(matcha_design(g, 0.5).matchings) == decompose(g, "published") and len(decompose(g, "published")) == 4

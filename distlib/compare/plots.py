@@ -54,7 +54,8 @@ def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) 
         if y[3]:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:     # a group may have no finished seed
+        axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{setting}  (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")

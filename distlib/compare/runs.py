@@ -5,6 +5,10 @@ two parts, both derived from the configs that differ across ALL the runs being c
 the *algorithm* (``algorithm.name`` plus any ``algorithm.*`` value that varies, e.g.
 ``al_dsgd base=matcha budget=0.3``) and the *setting* (every other varying value, e.g.
 ``topology=matcha_er8 dataset.alpha=0.1``). Runs of one setting are drawn in one figure.
+
+A run that diverged leaves ``summary.diverged.json`` instead (see :mod:`distlib.compare.grid`):
+it joins its group's ``diverged`` list, is counted in the tables, and is left out of every
+mean, so a method that diverged on some seeds does not look better for it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from distlib.errors import ConfigError
 
 #: Config keys that never define a group: the seed (averaged over) and logging switches.
 IGNORED = ("seed", "log.", "imports", "eval.")
+#: the summary a diverged run leaves (its history up to the divergence, its config, the message)
+DIVERGED_NAME = "summary.diverged.json"
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Run:
     path: Path                  # the summary.json
     summary: dict[str, Any]
     config: dict[str, Any]      # flattened: {"topology.name": "ring", ...}
+    diverged: bool = False
 
     @property
     def seed(self) -> Any:
@@ -34,7 +41,8 @@ class Run:
 class Group:
     algorithm: str
     setting: str
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)       # the runs that finished
+    diverged: list[Run] = field(default_factory=list)   # the seeds that diverged (not in any mean)
 
     @property
     def seeds(self) -> list[Any]:
@@ -54,13 +62,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def find_summaries(paths: list[str | Path]) -> list[Path]:
-    """Every summary.json at or below ``paths`` (a file, a run folder or a multirun folder)."""
+    """Every summary.json (and summary.diverged.json) at or below ``paths`` (a file, a run
+    folder or a multirun folder)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            found.extend(sorted(q for q in p.rglob("summary.json") if ".hydra" not in q.parts))
+            found.extend(q for name in ("summary.json", DIVERGED_NAME) for q in p.rglob(name)
+                         if ".hydra" not in q.parts)
         else:
             raise ConfigError(f"compare: {p} does not exist")
     return sorted(set(found))
@@ -73,7 +83,8 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
             summary = json.load(f)
         if "history" not in summary:
             continue    # not a run summary
-        runs.append(Run(path, summary, flatten(summary.get("config") or {})))
+        runs.append(Run(path, summary, flatten(summary.get("config") or {}),
+                        diverged=path.name == DIVERGED_NAME or bool(summary.get("diverged"))))
     if not runs:
         raise ConfigError(f"compare: no summary.json found under {', '.join(map(str, paths))}")
     return runs
@@ -147,7 +158,9 @@ def group_runs(runs: list[Run], ignore: tuple[str, ...] = ()) -> list[Group]:
         name = str(r.config.get("algorithm.name") or r.summary.get("algorithm") or "?")
         algo = " ".join(filter(None, [name, _label(r, algo_keys)]))
         setting = _label(r, setting_keys) or "all runs"
-        groups.setdefault((setting, algo), Group(algo, setting)).runs.append(r)
+        g = groups.setdefault((setting, algo), Group(algo, setting))
+        (g.diverged if r.diverged else g.runs).append(r)
     for g in groups.values():
         g.runs.sort(key=lambda r: (str(r.seed), str(r.path)))
+        g.diverged.sort(key=lambda r: (str(r.seed), str(r.path)))
     return [groups[k] for k in sorted(groups)]

@@ -40,6 +40,8 @@ def stat(values: list[float]) -> Stat:
 
 def curve(group: Group, y: str, x: str = "step") -> Curve:
     """The seeds' mean (and std) of ``y`` at the steps every seed recorded, against mean ``x``."""
+    if not group.runs:      # every seed diverged
+        return Curve(np.zeros(0), np.zeros(0), np.zeros(0))
     histories = [{h["step"]: h for h in r.summary["history"] if h.get(y) is not None} for r in group.runs]
     steps = sorted(set.intersection(*(set(h) for h in histories))) if histories else []
     ys = np.array([[h[s][y] for s in steps] for h in histories], dtype=np.float64).reshape(len(histories), -1)
@@ -70,3 +72,32 @@ def to_target(group: Group, target: float, key: str = "test_accuracy") -> dict[s
         if first is not None:
             hits.append(first)
     return {q: stat([h.get(q) for h in hits]) for q in ("step", "bytes_sent", "virtual_s")}
+
+
+def leader_stats(group: Group) -> dict[str, Stat] | None:
+    """Why workers lead (AL-DSGD): per seed, each worker's share of best-leader choices over the
+    run (:func:`distlib.metrics.leader_shares`) against its shard size; None if no run has both.
+
+    ``corr``: Pearson correlation of shard size and share across workers (undefined, so left
+    out, when all shards are equal, as in an IID split); ``smallest_share`` and
+    ``smallest_size``: the share and size of the worker with the smallest shard;
+    ``top_share`` and ``top_size``: those of the worker chosen most often. Uniform is 1/n.
+    """
+    from distlib.metrics import leader_shares
+    per_seed: dict[str, list[float]] = {k: [] for k in ("corr", "smallest_share", "smallest_size", "top_share", "top_size")}
+    for r in group.runs:
+        sizes = r.summary.get("shard_sizes")
+        shares = leader_shares(r.summary["history"], len(sizes or [])).get("best")
+        if not sizes or shares is None:
+            continue
+        size, share = np.asarray(sizes, dtype=np.float64), np.asarray(shares)
+        small, top = int(size.argmin()), int(share.argmax())
+        constant = np.ptp(size) == 0 or np.ptp(share) == 0
+        per_seed["corr"].append(float("nan") if constant else float(np.corrcoef(size, share)[0, 1]))
+        per_seed["smallest_share"].append(float(share[small]))
+        per_seed["smallest_size"].append(float(size[small]))
+        per_seed["top_share"].append(float(share[top]))
+        per_seed["top_size"].append(float(size[top]))
+    if not per_seed["top_share"]:
+        return None
+    return {k: stat(v) for k, v in per_seed.items()}
