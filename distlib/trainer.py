@@ -21,7 +21,7 @@ from distlib.checkpointer import Checkpointer, LoopState
 from distlib.cluster import ClusterModel
 from distlib.comm.base import Communicator
 from distlib.config import validate
-from distlib.data import DATASETS, Batches, Dataset, partition
+from distlib.data import DATASETS, Dataset, partition
 from distlib.errors import ConfigError, DivergenceError
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
@@ -60,9 +60,9 @@ class Trainer:
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, _params(cfg.dataset, "partition", "alpha",
                                                                   "shards_per_worker"))
-        labels = self.dataset.train.y.numpy() if self.dataset.num_classes else np.zeros((len(self.dataset.train), 1))
-        self.shards = partition(labels, n, cfg.dataset.get("partition", "iid"), cfg.dataset.get("alpha", 0.5),
-                                cfg.dataset.get("shards_per_worker", 2), seed_for(cfg.seed, "partition"))
+        self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
+                                cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
+                                seed_for(cfg.seed, "partition"))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
         self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
@@ -173,8 +173,8 @@ class Trainer:
         # From here on this worker's own stream drives dropout and the like.
         torch.manual_seed(seed_for(cfg.seed, "rng", rank))
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
-        batches = Batches(self.dataset.train, self.shards[rank % cfg.workers], cfg.batch_size,
-                          seed_for(cfg.seed, "data", rank))
+        batches = self.dataset.train.batches(self.shards[rank % cfg.workers], cfg.batch_size,
+                                             seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
         worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
         strategy = build_strategy(cfg.algorithm)
