@@ -91,7 +91,8 @@ def _imports(paths) -> dict[str, set[str]]:
 
 def test_every_imported_package_is_declared():
     """What the package imports is in pyproject's dependencies; matplotlib, the one optional
-    import, only through distlib/plotting.py and in the ``plot`` extra."""
+    import, only through distlib/plotting.py and in the ``plot`` extra; what the tests import
+    besides, in the ``test`` extra."""
     import importlib.metadata as md
     import re
     tomllib = pytest.importorskip("tomllib")
@@ -102,6 +103,7 @@ def test_every_imported_package_is_declared():
 
     declared = {dist(r) for r in project["dependencies"]}
     optional = {dist(r) for r in project["optional-dependencies"]["plot"]}
+    for_tests = declared | {dist(r) for r in project["optional-dependencies"]["test"]}
     providers = {k: {d.lower().replace("_", "-") for d in v} for k, v in md.packages_distributions().items()}
     sources = [p for d in ("distlib", "algorithms", "configs") for p in (ROOT / d).rglob("*.py")]
     for name, files in _imports(sources).items():
@@ -112,3 +114,8 @@ def test_every_imported_package_is_declared():
             assert files == {"distlib/plotting.py"} and dists & optional
         else:
             assert dists & declared, f"{name} (imported by {sorted(files)}) is not in [project] dependencies"
+    local = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for name, files in _imports((ROOT / "tests").glob("*.py")).items():
+        if name not in sys.stdlib_module_names and name not in local | {"distlib", "algorithms"}:
+            dists = providers.get(name, {name})
+            assert dists & for_tests, f"{name} (imported by {sorted(files)}) is not in the test extra"
