@@ -19,7 +19,7 @@ from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.config import build_strategy, params_of, validate
-from distlib.data import DATASETS, Batches, Dataset, partition
+from distlib.data import DATASETS, Dataset, partition
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
@@ -59,9 +59,9 @@ class Trainer:
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
                                                                      "shards_per_worker"))
-        labels = self.dataset.train.y.numpy() if self.dataset.num_classes else np.zeros((len(self.dataset.train), 1))
-        self.shards = partition(labels, n, cfg.dataset.get("partition", "iid"), cfg.dataset.get("alpha", 0.5),
-                                cfg.dataset.get("shards_per_worker", 2), seed_for(cfg.seed, "partition"))
+        self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
+                                cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
+                                seed_for(cfg.seed, "partition"))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
         self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
@@ -130,8 +130,8 @@ class Trainer:
         # From here on this worker's own stream drives dropout and the like.
         torch.manual_seed(seed_for(cfg.seed, "rng", rank))
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
-        batches = Batches(self.dataset.train, self.shards[rank % cfg.workers], cfg.batch_size,
-                          seed_for(cfg.seed, "data", rank))
+        batches = self.dataset.train.batches(self.shards[rank % cfg.workers], cfg.batch_size,
+                                             seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
         worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
         strategy: Strategy | Service = build_strategy(cfg.algorithm)

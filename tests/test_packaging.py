@@ -72,10 +72,57 @@ def test_installed_wheel_composes_the_default_config(wheel, tmp_path):
             "from distlib.config import register_configs; register_configs()\n"
             "with initialize_config_module(config_module='distlib.configs', version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['algorithm=allreduce_sgd'])\n"
-            "print(cfg.algorithm.name, cfg.workers, cfg.topology.name)")
+            "from distlib.data import DATASETS\n"
+            "digits = DATASETS.build('mnist', {})   # the embedded digits, read from the installed package\n"
+            "print(cfg.algorithm.name, cfg.workers, cfg.topology.name, len(digits.train) + len(digits.test))")
     # run from an empty directory, with the wheel's copy first on the path (not the source tree)
     env = dict(os.environ, PYTHONPATH=str(target), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["allreduce_sgd", "8", "ring"]
+    assert proc.stdout.split() == ["allreduce_sgd", "8", "ring", "5000"]
+
+
+def _imports(paths) -> dict[str, set[str]]:
+    """Top-level names imported by the given source files -> the files importing them."""
+    import ast
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_every_imported_package_is_declared():
+    """What the package imports is in pyproject's dependencies; matplotlib, the one optional
+    import, only through distlib/plotting.py and in the ``plot`` extra; what the tests import
+    besides, in the ``test`` extra."""
+    import importlib.metadata as md
+    import re
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def dist(requirement: str) -> str:
+        return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    declared = {dist(r) for r in project["dependencies"]}
+    optional = {dist(r) for r in project["optional-dependencies"]["plot"]}
+    for_tests = declared | {dist(r) for r in project["optional-dependencies"]["test"]}
+    providers = {k: {d.lower().replace("_", "-") for d in v} for k, v in md.packages_distributions().items()}
+    sources = [p for d in ("distlib", "algorithms", "configs") for p in (ROOT / d).rglob("*.py")]
+    for name, files in _imports(sources).items():
+        if name in sys.stdlib_module_names or name in ("distlib", "algorithms"):
+            continue
+        dists = providers.get(name, {name})
+        if name == "matplotlib":
+            assert files == {"distlib/plotting.py"} and dists & optional
+        else:
+            assert dists & declared, f"{name} (imported by {sorted(files)}) is not in [project] dependencies"
+    local = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for name, files in _imports((ROOT / "tests").glob("*.py")).items():
+        if name not in sys.stdlib_module_names and name not in local | {"distlib", "algorithms"}:
+            dists = providers.get(name, {name})
+            assert dists & for_tests, f"{name} (imported by {sorted(files)}) is not in the test extra"

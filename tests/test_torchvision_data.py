@@ -1,29 +1,54 @@
-"""Real datasets through torchvision, on small files written by the test in torchvision's layout."""
+"""Real datasets through torchvision.datasets, on small files written by the test in torchvision's
+on-disk formats (CIFAR's pickled batches, MNIST's idx files); nothing downloads."""
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets as tvd
 
 from conftest import TINY, make_cfg, run_training
 from distlib.data import DATASETS, Batches
 from distlib.data.torchvision_data import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS
 from distlib.errors import ConfigError
 
+#: name -> (torchvision class, folder, train files, test files, label key, meta file, meta key)
+CIFAR = {"cifar10": (tvd.CIFAR10, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                     "labels", "batches.meta", "label_names"),
+         "cifar100": (tvd.CIFAR100, "cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
+                      "fine_label_names")}
 
-def _write_cifar(root, folder, files, key, n, classes, seed=0):
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _write_cifar(root, name, n, monkeypatch, seed=0):
+    """Write a small CIFAR folder as torchvision reads it; torchvision then checks these files' md5s."""
+    cls, folder, train_files, test_files, key, meta, meta_key = CIFAR[name]
+    classes = 10 if name == "cifar10" else 100
     rng = np.random.default_rng(seed)
     (root / folder).mkdir(parents=True)
     written = {}
-    for name in files:
+    for file in train_files + test_files:
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = rng.integers(0, classes, size=n).tolist()
-        with open(root / folder / name, "wb") as f:
+        with open(root / folder / file, "wb") as f:
             pickle.dump({"data": data, key: labels}, f)
-        written[name] = (data, labels)
+        written[file] = (data, labels)
+    with open(root / folder / meta, "wb") as f:
+        pickle.dump({meta_key: [f"class{i}" for i in range(classes)]}, f)
+    # The real files' checksums are class attributes; these files have their own.
+    monkeypatch.setattr(cls, "train_list", [[f, _md5(root / folder / f)] for f in train_files])
+    monkeypatch.setattr(cls, "test_list", [[f, _md5(root / folder / f)] for f in test_files])
+    monkeypatch.setattr(cls, "meta", {"filename": meta, "key": meta_key, "md5": _md5(root / folder / meta)})
     return written
 
 
@@ -33,9 +58,8 @@ def _expected(data, stats):
 
 
 @pytest.fixture
-def cifar10_root(tmp_path):
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    return tmp_path, _write_cifar(tmp_path, "cifar-10-batches-py", files, "labels", 6, 10)
+def cifar10_root(tmp_path, monkeypatch):
+    return tmp_path, _write_cifar(tmp_path, "cifar10", 6, monkeypatch)
 
 
 def test_cifar10_loads_the_pickles_normalised(cifar10_root):
@@ -50,8 +74,8 @@ def test_cifar10_loads_the_pickles_normalised(cifar10_root):
     assert ds.train.augment is None
 
 
-def test_cifar100_uses_fine_labels(tmp_path):
-    written = _write_cifar(tmp_path, "cifar-100-python", ["train", "test"], "fine_labels", 5, 100)
+def test_cifar100_uses_fine_labels(tmp_path, monkeypatch):
+    written = _write_cifar(tmp_path, "cifar100", 5, monkeypatch)
     ds = DATASETS.build("cifar100", {"root": str(tmp_path)})
     assert ds.num_classes == 100 and ds.train.y.tolist() == written["train"][1]
     np.testing.assert_allclose(ds.test.x.numpy(), _expected(written["test"][0], CIFAR100_STATS), atol=1e-5)
@@ -126,3 +150,57 @@ def test_training_on_cifar10_files_with_a_cifar_resnet(cifar10_root, tmp_path):
     _, summary = run_training(cfg, tmp_path / "run")
     assert summary["steps"] == 3 and summary["dataset"] == "cifar10"
     assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
+
+
+def test_a_corrupted_cifar_file_fails_torchvisions_checksum_in_one_line(cifar10_root):
+    root, _ = cifar10_root
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    raw = bytearray(batch.read_bytes())
+    raw[-20] ^= 0xFF        # one flipped byte: torchvision's md5 check rejects the file before reading it
+    batch.write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match=r"^dataset.root: cifar10 not found \(or incomplete\) under ") as e:
+        DATASETS.build("cifar10", {"root": str(root)})
+    assert "\n" not in str(e.value) and str(root) in str(e.value)
+
+
+def _offline(monkeypatch):
+    """Every torchvision download URL points at a closed local port: a download fails at once."""
+    dead = "http://127.0.0.1:9/"
+    for cls in (tvd.CIFAR10, tvd.CIFAR100):
+        monkeypatch.setattr(cls, "url", dead + cls.filename)
+    for cls in (tvd.MNIST, tvd.FashionMNIST):
+        monkeypatch.setattr(cls, "mirrors", [dead])
+
+
+@pytest.mark.parametrize("name, where", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+                                         ("mnist_full", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")])
+def test_a_failed_download_is_one_line_naming_dataset_root_and_where_files_go(tmp_path, monkeypatch, capsys,
+                                                                             name, where):
+    _offline(monkeypatch)
+    root = tmp_path / "data"
+    with pytest.raises(ConfigError) as e:
+        DATASETS.build(name, {"root": str(root), "download": True})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"dataset.download: downloading {name} into {root} failed (")
+    assert where in msg and "dataset.download=false" in msg
+    assert capsys.readouterr().out == ""        # torchvision's own progress lines are not shown
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_the_cli_prints_a_failed_download_as_one_line_without_traceback(tmp_path):
+    code = ("import sys, torchvision.datasets as tvd\n"
+            "tvd.CIFAR10.url = 'http://127.0.0.1:9/cifar-10-python.tar.gz'   # no network, whatever the machine\n"
+            "from distlib.cli import main\n"
+            "sys.argv[0] = 'distlib-train'\n"
+            "main()\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-c", code, "dataset=cifar10", "dataset.download=true",
+                           f"dataset.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
+                           "log.tensorboard=false"], capture_output=True, text=True, env=env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"config error: dataset.download: downloading cifar10 into {tmp_path / 'data'} "
+                               f"failed (")
+    assert "cifar-10-batches-py" in lines[0] and proc.stdout == ""

@@ -1,7 +1,7 @@
 """Figures of a comparison: one PNG per setting and quantity, seed mean with a +-1 std band.
 
-matplotlib is imported here only (slow import, and only plotting needs it), with the
-non-interactive Agg backend so figures render on machines without a display.
+matplotlib (an optional dependency, see distlib/plotting.py) is imported on the first figure:
+a slow import, and only plotting needs it.
 """
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import numpy as np
 
 from distlib.compare.runs import Group
 from distlib.compare.stats import curve
+from distlib.plotting import pyplot
+
+FIGURES, NO_PLOTS = "drawing distlib-compare's figures", "; or pass --no-plots for the tables only"
 
 #: x axes: (history key, axis label, scale applied to the values)
 X_AXES = (("epoch", "epoch", 1.0), ("bytes_sent", "MB sent per worker", 1e-6),
@@ -40,9 +43,7 @@ def _band(ax, g: Group, y: tuple, x: tuple) -> None:
 
 
 def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(FIGURES, NO_PLOTS)
 
     fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
     for ax, x in zip(axes[0], xs):
@@ -78,9 +79,7 @@ def plot_setting(groups: list[Group], setting: str, out: Path) -> list[Path]:
 def plot_overview(groups: list[Group], out: Path, key: str = "test_accuracy") -> Path | None:
     """Final ``key`` of every group as horizontal bars (mean ± std over seeds), one colour per setting."""
     from distlib.compare.stats import final
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(FIGURES, NO_PLOTS)
 
     stats = [final(g, key) for g in groups]
     if not any(s.n for s in stats):

