@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from distlib.strategy import Context, Strategy
+from distlib.strategy import Context, Role, Strategy
 
 
-class Service:
+class Service(Role):
     """The role of a service rank of an asynchronous protocol (e.g. the parameter server)."""
-
-    def setup(self, ctx: Context) -> None:
-        pass
 
     def serve(self, ctx: Context) -> int | None:
         """Serve until the run ends (None), or until a consistent cut (the checkpoint's step),
@@ -36,15 +33,6 @@ class Service:
 
     def finish(self, ctx: Context) -> None:
         """After serving, on this rank: the counterpart of the workers' ``finish``."""
-
-    def scalars(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 class AsyncStrategy(Strategy):

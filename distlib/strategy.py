@@ -73,11 +73,25 @@ class Context:
         return self.graph().neighbors(self.rank)
 
 
-class Strategy:
-    """Base class: plain local SGD with no communication. Override the hooks you need."""
+class Role:
+    """What the role of any rank has: set-up, figures for TensorBoard, state for checkpoints."""
 
     def setup(self, ctx: Context) -> None:
         pass
+
+    def scalars(self) -> dict[str, float]:
+        """Extra per-rank figures for TensorBoard since the last call (averaged over ranks)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Strategy(Role):
+    """Base class: plain local SGD with no communication. Override the hooks you need."""
 
     def before_step(self, ctx: Context) -> None:
         pass
@@ -92,16 +106,6 @@ class Strategy:
         pass
 
     def end_epoch(self, ctx: Context) -> None:
-        pass
-
-    def scalars(self) -> dict[str, float]:
-        """Extra per-worker figures for TensorBoard since the last call (averaged over workers)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 

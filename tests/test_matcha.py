@@ -99,6 +99,7 @@ def test_alpha_minimises_rho_on_a_dense_grid():
             assert d.rho >= grid.min() - 1e-4
 
 
+@pytest.mark.slow     # a design per graph and budget, 4 x 30 graphs
 def test_rho_below_one_on_every_connected_builtin_graph():
     graphs = [g for g in builtin_graphs() if g.is_connected() and g.edges]
     assert len(graphs) > 20
