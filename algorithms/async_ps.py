@@ -10,6 +10,18 @@ The server applies every gradient on arrival, in arrival order:
     x <- x - gamma_s g_i,   staleness s = version - v_i  (updates by others since i's pull)
     gamma_s = gamma, or gamma / (1 + s) with ``staleness_scaling=inverse``
 
+with the configured optimizer, whose momentum is compensated for asynchrony by default.
+Asynchrony begets momentum (Mitliagkas et al. 2016): with n workers each gradient is stale by
+n - 1 updates on average (one gradient per worker in flight), which acts on x like a momentum
+term mu_a = 1 - 1/n. The server's explicit momentum adds to it, so with
+``server_momentum=compensated`` (the default) the server steps with
+
+    mu_e = max(0, mu - (1 - 1/n))        (mu: optim.momentum)
+
+keeping the total near the configured mu (4 workers, mu 0.9: mu_e = 0.15; 8 workers: 0.025).
+``server_momentum=configured`` uses mu as is: mu 0.9 on top of mu_a = 0.75 does not learn
+(4 workers, lr 0.05; docs/algorithms/async.md).
+
 The run has the sample budget of a synchronous one: the server applies n * total_steps
 gradients, then answers every push with "stop" (so a fast worker does more steps than a
 slow one). Staleness is logged: mean, max and a histogram over every applied gradient.
@@ -50,6 +62,7 @@ from distlib.protocol import AsyncStrategy, Service
 from distlib.strategy import STRATEGIES, Context
 
 SCALINGS = ("none", "inverse")
+SERVER_MOMENTA = ("compensated", "configured")
 # point-to-point tags of the protocol (each message kind on its own tag: a receive from any
 # worker on the push tag can never match another kind)
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 101, 102, 103, 104
@@ -64,6 +77,12 @@ def server_rank(ctx: Context) -> int:
     return ctx.world_size - 1
 
 
+def explicit_momentum(mu: float, n: int) -> float:
+    """mu_e = max(0, mu - (1 - 1/n)): the explicit momentum that, added to the implicit
+    momentum 1 - 1/n of n asynchronous workers (Mitliagkas et al. 2016), totals about mu."""
+    return max(0.0, mu - (1.0 - 1.0 / n))
+
+
 # -- worker ------------------------------------------------------------------------------------
 @STRATEGIES.register("async_ps")
 class AsyncPS(AsyncStrategy):
@@ -72,9 +91,12 @@ class AsyncPS(AsyncStrategy):
     service_ranks = 1
     consistent_cuts = True
 
-    def __init__(self, staleness_scaling: str = "none") -> None:
-        """``staleness_scaling``: none, or inverse (the server steps with lr / (1 + staleness))."""
+    def __init__(self, staleness_scaling: str = "none", server_momentum: str = "compensated") -> None:
+        """``staleness_scaling``: none, or inverse (the server steps with lr / (1 + staleness)).
+        ``server_momentum``: compensated (optim.momentum less the implicit momentum of n
+        asynchronous workers, 1 - 1/n, at least 0) or configured (optim.momentum as is)."""
         self.staleness_scaling = choice("algorithm.staleness_scaling", staleness_scaling, SCALINGS)
+        self.server_momentum = choice("algorithm.server_momentum", server_momentum, SERVER_MOMENTA)
         self.version = 0            # the version of this worker's copy of x
         self.go = True              # the server has not said stop
         self.awaiting = False       # the last reply was held back by a cut
@@ -83,7 +105,7 @@ class AsyncPS(AsyncStrategy):
         self.results = Results()    # the server's record, after finish
 
     def make_service(self) -> "ParameterServer":
-        return ParameterServer(self.staleness_scaling)
+        return ParameterServer(self.staleness_scaling, self.server_momentum)
 
     def before_step(self, ctx: Context) -> None:
         if ctx.step == 0:   # the first pull; later ones come with the replies to pushes
@@ -203,13 +225,15 @@ class Results:
 class ParameterServer(Service):
     """Rank n: apply each pushed gradient on arrival, answer with the new x (see the module docstring)."""
 
-    def __init__(self, staleness_scaling: str = "none") -> None:
+    def __init__(self, staleness_scaling: str = "none", server_momentum: str = "compensated") -> None:
         self.staleness_scaling = staleness_scaling
+        self.server_momentum = server_momentum
         self.version = 0            # updates applied
         self.stopped = 0            # workers told to stop
         self.joined = 0             # workers whose first pull it has received
         self.held: list[tuple[int, float, int, torch.Tensor | None]] = []   # (i, kind, v_i, g_i) held at a cut
         self.results = Results()
+        self.mu: list[float] = []   # optim.momentum per parameter group, as configured (setup)
         self.wall_before, self.t0 = 0.0, time.perf_counter()   # wall clock (earlier segments, this one)
 
     def serve(self, ctx: Context) -> int | None:
@@ -219,6 +243,7 @@ class ParameterServer(Service):
         budget = n * ctx.total_steps
         head = torch.zeros(2, dtype=torch.float64)
         res.applied = res.applied or [0] * n
+        self._set_momentum(ctx.worker, n)
         while self.stopped < n:
             live = not self.held
             if live:
@@ -261,6 +286,15 @@ class ParameterServer(Service):
         for j in range(n):
             comm.send(torch.tensor([step, CUT], dtype=torch.float64), j, TAG_REPLY)
         return step
+
+    def setup(self, ctx: Context) -> None:
+        """Keep the configured momentum mu (the optimizer is fresh here, before any resume)."""
+        self.mu = [float(g["momentum"]) for g in ctx.worker.optimizer.param_groups]
+
+    def _set_momentum(self, worker: Any, n: int) -> None:
+        """The server optimizer's momentum: mu_e = max(0, mu - (1 - 1/n)) when compensated."""
+        for group, mu in zip(worker.optimizer.param_groups, self.mu):
+            group["momentum"] = explicit_momentum(mu, n) if self.server_momentum == "compensated" else mu
 
     def _apply(self, ctx: Context, g: torch.Tensor, s: int) -> None:
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
