@@ -32,8 +32,7 @@ class DPSGD(Strategy):
 
     def plan(self, ctx: Context) -> MixPlan:
         """Row i of W on the graph in force at this step: every edge, every step."""
-        g = ctx.graph()
-        return MixPlan.from_matrix(self.weights(g), ctx.rank, g.neighbors(ctx.rank))
+        return MixPlan.from_rows(self.weights(ctx.graph()), ctx.rank)
 
     def after_backward(self, ctx: Context) -> None:
         if self.form == "cta":      # g_i was taken at the old x_i; mix now, the optimizer applies g_i

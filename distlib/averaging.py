@@ -9,7 +9,7 @@ import torch
 
 from distlib.comm.base import Communicator
 from distlib.topology.graphs import Graph
-from distlib.topology.mixing import mixing_matrix
+from distlib.topology.mixing import MixingRows, mixing_rows
 
 
 def mix_into(x: torch.Tensor, got: Mapping[int, torch.Tensor], w_self: float,
@@ -42,6 +42,12 @@ class MixPlan:
     def from_matrix(w: np.ndarray, i: int, peers: tuple[int, ...]) -> "MixPlan":
         return MixPlan(tuple(peers), float(w[i, i]), {j: float(w[i, j]) for j in peers})
 
+    @staticmethod
+    def from_rows(w: MixingRows, i: int) -> "MixPlan":
+        """Row i of W stored a row per worker: O(degree), the same floats as ``from_matrix``."""
+        w_self, w_peers = w.row(i)
+        return MixPlan(w.graph.neighbors(i), w_self, w_peers)
+
 
 def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torch.Tensor]:
     """Exchange x_i with ``plan.peers`` and mix in place. Returns what came in ({} if no peers:
@@ -54,13 +60,15 @@ def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torc
 
 
 class WeightCache:
-    """Mixing matrices per graph, computed once (time-varying topologies repeat graphs)."""
+    """Mixing weights W of one kind per graph, a row per worker.
+
+    The rows come from :func:`distlib.topology.mixing.mixing_rows`, cached per process: the
+    simulated workers (one strategy each) and the graphs a time-varying topology repeats share
+    one O(|E|) copy instead of an n x n matrix per worker.
+    """
 
     def __init__(self, kind: str = "metropolis", alpha: float | None = None) -> None:
         self.kind, self.alpha = kind, alpha
-        self._cache: dict[Graph, np.ndarray] = {}
 
-    def __call__(self, graph: Graph) -> np.ndarray:
-        if graph not in self._cache:
-            self._cache[graph] = mixing_matrix(graph, self.kind, self.alpha)
-        return self._cache[graph]
+    def __call__(self, graph: Graph) -> MixingRows:
+        return mixing_rows(graph, self.kind, self.alpha)

@@ -8,6 +8,10 @@ NAME is a topology config (configs/topology/NAME.yaml) or a registered graph / t
 ``key=value`` overrides its fields (``workers=N`` sets the node count). For every distinct
 graph it prints nodes, edges, degrees, the matching decomposition, the spectral gap of its
 mixing matrices and, at budget C_b, MATCHA's p_j, alpha and rho.
+
+Large graphs: above spectrum.DENSE_MAX_N nodes the spectral gaps come from a sparse
+eigensolver (``--spectrum`` picks dense / sparse / skip), and MATCHA's design, a dense
+semidefinite program, is left out above MATCHA_MAX_N nodes unless ``--matcha`` asks for it.
 """
 from __future__ import annotations
 
@@ -24,25 +28,62 @@ from distlib.plotting import pyplot
 from distlib.topology.activation import matcha_design
 from distlib.topology.graphs import Graph
 from distlib.topology.matching import DECOMPOSITIONS, published_matchings
-from distlib.topology.mixing import laplacian_alpha, laplacian_weights, metropolis, spectral_gap
+from distlib.topology.mixing import mixing_rows
 from distlib.topology.published import published_nodes
+from distlib.topology.spectrum import DENSE_MAX_N, use_dense
 from distlib.topology.topology import Topology, build_topology
 
 DEFAULT_WORKERS = 8
+MATCHA_MAX_N = 128          # MATCHA's SDP works on n x n matrices: ~5 s at 128 nodes, minutes at 256
+DEGREES_SHOWN_MAX_N = 64    # longer degree lists are summarised (min, max, mean) in the text report
+SPECTRUM = ("auto", "dense", "sparse", "skip")
 
 
-def graph_facts(graph: Graph, budget: float, decomposition: str = "auto") -> dict[str, Any]:
+def spectral_facts(graph: Graph, spectrum: str = "auto") -> dict[str, Any]:
+    """Spectral gaps of the Metropolis and I - alpha L weights, and how they were computed.
+
+    ``spectrum``: "auto" (dense eigvalsh up to DENSE_MAX_N nodes, sparse above), "dense",
+    "sparse" or "skip". A figure the sparse solver could not get is None, with the reason.
+    """
+    none = {"spectral_gap_metropolis": None, "laplacian_alpha": None, "spectral_gap_laplacian": None}
+    if spectrum == "skip":
+        return {**none, "spectrum": "skipped (--spectrum skip)"}
+    method = "dense" if use_dense(graph.n, spectrum) else "sparse"
+    gap_m = mixing_rows(graph, "metropolis").spectral_gap(spectrum)
+    try:
+        lap = mixing_rows(graph, "laplacian")
+    except ConfigError:     # the sparse solver gave up on lambda_2, lambda_n of L
+        lap = None
+    gap_l = None if lap is None else lap.spectral_gap(spectrum)
+    facts = {
+        # rounded: a disconnected graph's gap is 0 up to float noise (which would print as -0.0000)
+        "spectral_gap_metropolis": None if gap_m is None else round(gap_m, 12) + 0.0,
+        "laplacian_alpha": None if lap is None else lap.alpha,
+        "spectral_gap_laplacian": None if gap_l is None else round(gap_l, 12) + 0.0,
+        "spectrum": method if method == "dense" else f"sparse eigensolver (n > {DENSE_MAX_N})"
+                    if spectrum == "auto" else "sparse eigensolver",
+    }
+    if None in (gap_m, gap_l):
+        facts["spectrum"] += "; the solver did not converge on some figures, shown as skipped"
+    return facts
+
+
+def wants_matcha(n: int, matcha: bool | None) -> bool:
+    """MATCHA's design in the report: always if asked (True), never (False), else up to MATCHA_MAX_N nodes."""
+    return n <= MATCHA_MAX_N if matcha is None else matcha
+
+
+def graph_facts(graph: Graph, budget: float, decomposition: str = "auto", spectrum: str = "auto",
+                matcha: bool | None = None) -> dict[str, Any]:
     """Nodes, edges, degrees, matchings, spectral gaps, and MATCHA's design at ``budget``."""
     deg = graph.degrees
     facts: dict[str, Any] = {
         "name": graph.name, "nodes": graph.n, "edges": len(graph.edges), "connected": graph.is_connected(),
-        "degrees": deg, "max_degree": max(deg, default=0),
-        # rounded: a disconnected graph's gap is 0 up to float noise (which would print as -0.0000)
-        "spectral_gap_metropolis": round(spectral_gap(metropolis(graph)), 12) + 0.0,
-        "laplacian_alpha": laplacian_alpha(graph),
-        "spectral_gap_laplacian": round(spectral_gap(laplacian_weights(graph)), 12) + 0.0,
+        "degrees": deg, "max_degree": max(deg, default=0), **spectral_facts(graph, spectrum),
     }
-    if graph.edges:
+    if graph.edges and not wants_matcha(graph.n, matcha):
+        facts["matcha"] = f"skipped: n > {MATCHA_MAX_N} (a dense SDP on n x n matrices; --matcha computes it)"
+    elif graph.edges:
         d = matcha_design(graph, budget, decomposition)
         facts.update({
             "decomposition": "published" if decomposition != "coloring" and published_matchings(graph) else "coloring",
@@ -55,13 +96,21 @@ def graph_facts(graph: Graph, budget: float, decomposition: str = "auto") -> dic
     return facts
 
 
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "skipped" if x is None else format(x, spec)
+
+
 def _format(f: dict[str, Any]) -> str:
     deg = f["degrees"]
+    shown = f"{deg} " if len(deg) <= DEGREES_SHOWN_MAX_N else ""
     lines = [f"graph {f['name']}: {f['nodes']} nodes, {f['edges']} edges, "
              f"{'connected' if f['connected'] else 'NOT connected'}",
-             f"  degrees: {deg} (min {min(deg)}, max {max(deg)}, mean {np.mean(deg):.2f})",
-             f"  spectral gap 1 - max|lambda_2,n(W)|: Metropolis {f['spectral_gap_metropolis']:.4f}, "
-             f"I - alpha L (alpha={f['laplacian_alpha']:.4f}) {f['spectral_gap_laplacian']:.4f}"]
+             f"  degrees: {shown}(min {min(deg)}, max {max(deg)}, mean {np.mean(deg):.2f})",
+             f"  spectral gap 1 - max|lambda_2,n(W)|: Metropolis {_fmt(f['spectral_gap_metropolis'])}, "
+             f"I - alpha L (alpha={_fmt(f['laplacian_alpha'])}) {_fmt(f['spectral_gap_laplacian'])}"
+             + ("" if f["spectrum"] == "dense" else f" [{f['spectrum']}]")]
+    if "matcha" in f:
+        lines.append(f"  MATCHA: {f['matcha']}")
     if "matchings" in f:
         lines += [f"  matchings: {f['matchings']} ({f['decomposition']}; max degree + 1 = {f['max_degree'] + 1}), "
                   f"sizes {f['matching_sizes']}",
@@ -91,15 +140,17 @@ def load_config(name: str, overrides: Sequence[str]) -> tuple[dict[str, Any], in
     return cfg, workers
 
 
-def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto") -> None:
+def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto", matcha: bool | None = None) -> None:
     """Draw each distinct graph on a circle, edges coloured by matching (line width ~ p_j)."""
     plt = pyplot("distlib-topology --plot")     # lazily: only --plot needs matplotlib
+    from matplotlib.collections import LineCollection
     graphs = topo.graphs()[:6]
     fig, axes = plt.subplots(1, len(graphs), figsize=(4 * len(graphs), 4), squeeze=False)
     for ax, g in zip(axes[0], graphs):
         angle = 2 * np.pi * np.arange(g.n) / g.n
         xy = np.stack([np.cos(angle), np.sin(angle)], 1)
-        if g.edges:
+        labelled = g.n <= DEGREES_SHOWN_MAX_N     # above: too many nodes to label or colour by matching
+        if g.edges and labelled and wants_matcha(g.n, matcha):
             d = matcha_design(g, budget, decomposition)
             cmap = plt.get_cmap("tab10" if len(d.matchings) <= 10 else "tab20")
             for k, m in enumerate(d.matchings):
@@ -107,10 +158,15 @@ def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto") 
                     ax.plot(*xy[[u, v]].T, color=cmap(k % cmap.N), lw=0.5 + 3 * float(d.p[k]),
                             label=f"M{k} p={d.p[k]:.2f}" if (u, v) == m[0] else None)
             ax.legend(fontsize=6, loc="lower right")
-        ax.scatter(*xy.T, s=200, c="white", edgecolors="black", zorder=3)
-        for i, (x, y) in enumerate(xy):
-            ax.text(x, y, str(i), ha="center", va="center", fontsize=8, zorder=4)
-        ax.set_title(g.name, fontsize=9)
+        elif g.edges:
+            ax.add_collection(LineCollection(xy[g.edge_array()], colors="grey", linewidths=0.5 if labelled else 0.2))
+        if labelled:
+            ax.scatter(*xy.T, s=200, c="white", edgecolors="black", zorder=3)
+            for i, (x, y) in enumerate(xy):
+                ax.text(x, y, str(i), ha="center", va="center", fontsize=8, zorder=4)
+        else:
+            ax.scatter(*xy.T, s=1, c="black", zorder=3)
+        ax.set_title(g.name if labelled else f"{g.name} ({g.n} nodes)", fontsize=9)
         ax.set_aspect("equal")
         ax.axis("off")
     fig.tight_layout()
@@ -126,11 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--decomposition", choices=DECOMPOSITIONS, default="auto")
     ap.add_argument("--plot", metavar="PNG", help="draw the graph(s), edges coloured by matching")
     ap.add_argument("--json", action="store_true", help="print the facts as JSON")
+    ap.add_argument("--spectrum", choices=SPECTRUM, default="auto",
+                    help=f"spectral gaps: dense eigvalsh up to {DENSE_MAX_N} nodes and a sparse solver above "
+                         "(auto), always one of them, or skip")
+    ap.add_argument("--matcha", action=argparse.BooleanOptionalAction, default=None,
+                    help=f"MATCHA's design (default: only up to {MATCHA_MAX_N} nodes)")
     args = ap.parse_args(argv)
     try:
         cfg, workers = load_config(args.name, args.overrides)
         topo = build_topology(cfg, workers)
-        facts = [graph_facts(g, args.budget, args.decomposition) for g in topo.graphs()]
+        facts = [graph_facts(g, args.budget, args.decomposition, args.spectrum, args.matcha) for g in topo.graphs()]
     except ConfigError as e:
         ap.exit(2, f"distlib-topology: {e}\n")
     if args.json:
@@ -146,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'connected' if u.is_connected() else 'NOT connected'}, max degree {max(u.degrees)}")
     if args.plot:
         try:
-            plot(topo, args.plot, args.budget, args.decomposition)
+            plot(topo, args.plot, args.budget, args.decomposition, args.matcha)
         except ConfigError as e:
             ap.exit(2, f"distlib-topology: {e}\n")
         print(f"wrote {args.plot}")

@@ -18,30 +18,68 @@ from distlib.registry import Registry
 
 @dataclass(frozen=True)
 class Graph:
-    """An undirected simple graph on nodes 0..n-1."""
+    """An undirected simple graph on nodes 0..n-1.
+
+    ``edges`` may be given as any sequence of pairs (or an (E, 2) integer array); it is stored
+    sorted, each edge once as (i, j) with i < j. Construction and hashing are O(|E| log |E|)
+    and O(1) after that: no n x n array is built unless :meth:`adjacency` is asked for.
+    """
 
     n: int
     edges: tuple[tuple[int, int], ...]
     name: str = ""
     _adj: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    _arr: np.ndarray = field(init=False, repr=False, compare=False)
+    _csr: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ConfigError(f"topology: a graph needs at least 1 node, got {self.n}")
-        norm = set()
-        for i, j in self.edges:
-            i, j = int(i), int(j)
+        n = self.n
+        edges = self.edges if isinstance(self.edges, (tuple, list, np.ndarray)) else tuple(self.edges)
+        arr = np.asarray(edges, dtype=np.int64).reshape(-1, 2) if len(edges) else np.empty((0, 2), np.int64)
+        i, j = arr[:, 0], arr[:, 1]
+        bad = (i == j) | (i < 0) | (i >= n) | (j < 0) | (j >= n)
+        if bad.any():
+            i, j = (int(v) for v in arr[int(np.argmax(bad))])     # the first bad edge, as given
             if i == j:
                 raise ConfigError(f"topology: self-loop ({i}, {j}) is not allowed")
-            if not (0 <= i < self.n and 0 <= j < self.n):
-                raise ConfigError(f"topology: edge ({i}, {j}) names a node outside 0..{self.n - 1}")
-            norm.add((min(i, j), max(i, j)))
-        object.__setattr__(self, "edges", tuple(sorted(norm)))
-        adj: list[list[int]] = [[] for _ in range(self.n)]
-        for i, j in self.edges:
-            adj[i].append(j)
-            adj[j].append(i)
-        object.__setattr__(self, "_adj", tuple(tuple(sorted(a)) for a in adj))
+            raise ConfigError(f"topology: edge ({i}, {j}) names a node outside 0..{n - 1}")
+        key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))     # sorted by (i, j), each edge once
+        lo, hi = key // n, key % n
+        arr = np.stack([lo, hi], axis=1)
+        arr.setflags(write=False)
+        object.__setattr__(self, "edges", tuple(zip(lo.tolist(), hi.tolist())))
+        object.__setattr__(self, "_arr", arr)
+        # Neighbour lists from the 2|E| arcs sorted by (source, target): no per-node sort.
+        src, dst = np.concatenate([lo, hi]), np.concatenate([hi, lo])
+        order = np.lexsort((dst, src))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
+        indices = dst[order]
+        for a in (indptr, indices):
+            a.setflags(write=False)
+        object.__setattr__(self, "_csr", (indptr, indices))
+        ends, targets = indptr.tolist(), indices.tolist()
+        object.__setattr__(self, "_adj", tuple(tuple(targets[a:b]) for a, b in zip(ends[:-1], ends[1:])))
+        # Cached: a Graph keys the per-graph caches (mixing weights, designs) that every worker
+        # consults every step, and hashing |E| tuples each time would cost O(|E|) per lookup.
+        object.__setattr__(self, "_hash", hash((self.n, self.edges, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # rebuilt on unpickling: the cached hash of ``name`` differs between processes
+        return Graph, (self.n, self.edges, self.name)
+
+    def edge_array(self) -> np.ndarray:
+        """The edges as a read-only (|E|, 2) int64 array, rows (i, j) with i < j, sorted."""
+        return self._arr
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices): node i's neighbours, sorted, are ``indices[indptr[i]:indptr[i + 1]]``."""
+        return self._csr
 
     def neighbors(self, i: int) -> tuple[int, ...]:
         return self._adj[i]
@@ -117,14 +155,10 @@ def torus(n: int, rows: int | None = None) -> Graph:
     if n % rows:
         raise ConfigError(f"topology.rows: {rows} does not divide workers={n}")
     cols = n // rows
-    edges = set()
-    for r in range(rows):
-        for c in range(cols):
-            i = r * cols + c
-            for j in (r * cols + (c + 1) % cols, ((r + 1) % rows) * cols + c):
-                if i != j:
-                    edges.add((min(i, j), max(i, j)))
-    return Graph(n, tuple(edges), "torus")
+    r, c = np.divmod(np.arange(n), cols)
+    i = np.concatenate([r * cols + c] * 2)
+    j = np.concatenate([r * cols + (c + 1) % cols, ((r + 1) % rows) * cols + c])     # right, down
+    return Graph(n, np.stack([i, j], axis=1)[i != j], "torus")
 
 
 @GRAPHS.register("edge_list")

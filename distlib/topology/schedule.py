@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from distlib.errors import ConfigError
 from distlib.registry import check_params
 from distlib.topology.graphs import GRAPHS, Graph, validate
@@ -90,6 +92,7 @@ def one_peer_exponential(n: int, every: int = 1) -> Schedule:
     hypercube); otherwise workers whose partner does not exist sit the round out.
     """
     rounds = max(1, (n - 1).bit_length())
-    graphs = [Graph(n, tuple((i, i ^ (1 << t)) for i in range(n) if i < i ^ (1 << t) < n),
+    i = np.arange(n)
+    graphs = [Graph(n, np.stack([i, i ^ (1 << t)], axis=1)[(i < i ^ (1 << t)) & (i ^ (1 << t) < n)],
                     f"one_peer_exponential[{t}]") for t in range(rounds)]
     return Schedule(graphs, every, name="one_peer_exponential")
