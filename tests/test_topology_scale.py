@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from distlib.errors import ConfigError
-from distlib.gossip import MixPlan, WeightCache
+from distlib.averaging import MixPlan, WeightCache
 from distlib.topology import spectrum
 from distlib.topology import GRAPHS, TOPOLOGIES, Graph, mixing_matrix, published_graph
 from distlib.topology.cli import main as topology_main
