@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from distlib.errors import ConfigError, DivergenceError
+from distlib.options import unknown_key
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -46,11 +48,12 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from distlib.config import register_configs
     register_configs()
-    sys.argv += rank_hydra_overrides(sys.argv[1:])     # under torchrun, only rank 0 writes files
+    argv = sys.argv[1:]
+    sys.argv += rank_hydra_overrides(argv)     # under torchrun, only rank 0 writes files
     try:
         _hydra_main()
     except CompactHydraException as e:     # composition and override-syntax errors
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        print(f"config error: {_one_line(e, argv)}", file=sys.stderr)
         sys.exit(2)
     finally:
         if saved is None:
@@ -74,8 +77,13 @@ def rank_hydra_overrides(argv: list[str], environ: dict[str, str] | None = None)
     return extra
 
 
-def _one_line(e: CompactHydraException) -> str:
-    """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option."""
+def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
+    """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option;
+    ``optim.lrr: unknown config key; did you mean 'optim.lr'?`` for a key that does not exist."""
+    missing = re.match(r"Could not override '([^']+)'", str(e))
+    if missing:
+        key = missing.group(1)
+        return unknown_key(key, _keys_beside(key, argv or []))
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
@@ -87,3 +95,23 @@ def _one_line(e: CompactHydraException) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def _keys_beside(key: str, argv: list[str]) -> list[str]:
+    """The keys of the group that ``key`` names a field of, in the config composed from the
+    other overrides (so ``algorithm.fromm`` is compared with the chosen algorithm's options)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    group = key.rpartition(".")[0]
+    rest = [a for a in argv if "=" in a and not a.startswith("-") and a.split("=", 1)[0].lstrip("+~") != key
+            and not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=rest)
+        node = OmegaConf.select(cfg, group) if group else cfg
+        return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    except Exception:     # the other overrides are wrong too: a suggestion is only a nicety
+        return []
+    finally:
+        GlobalHydra.instance().clear()
