@@ -10,20 +10,43 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
+from distlib import console
 from distlib.errors import ConfigError, DivergenceError
 from distlib.options import unknown_key
 
 
 def run(cfg: DictConfig) -> dict | None:
     from distlib.trainer import Trainer
-    trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir)
+    trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir, sweep=swept_overrides())
     summary = trainer.run()
     if summary is not None and cfg.log.progress:
         final = summary["final"]
         acc = final.get("test_accuracy")
-        print(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
-              f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
+        console.info(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
+                     f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
     return summary
+
+
+def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
+    """In a Hydra multirun, this job's values of the overrides the sweep varies (``-m
+    algorithm=dpsgd,matcha seed=0,1`` -> ``{"algorithm": "matcha", "seed": "1"}``), in
+    command-line order; {} for a single run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:   # Hydra parsed them already; a failure here only loses the run name
+        parsed = []
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    keys += [k for k in (hc.sweeper.get("params") or {}) if k not in keys]    # sweeps declared in a config
+    mine = {}
+    for o in OverridesParser.create().parse_overrides(list(hc.overrides.task)):
+        mine[o.key_or_group] = o.get_value_element_as_str()
+    return {k: mine[k] for k in keys if k in mine}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
@@ -32,11 +55,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         run(cfg)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
-        print(f"config error: {e}", file=sys.stderr)
+        console.error(f"config error: {e}")
         sys.exit(2)
     except DivergenceError as e:
         # NaN or inf: one line naming worker, step and last finite loss; checkpoints are kept.
-        print(f"diverged: {e}", file=sys.stderr)
+        console.error(f"diverged: {e}")
         sys.exit(3)
 
 
