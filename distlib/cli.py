@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from distlib import console
 from distlib.errors import ConfigError, DivergenceError
 from distlib.options import unknown_key
+
+if TYPE_CHECKING:
+    from distlib.interrupt import Interrupted
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -25,6 +30,25 @@ def run(cfg: DictConfig) -> dict | None:
         console.info(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
                      f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
     return summary
+
+
+def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
+    """``interrupted by SIGINT at step 40 of 600; checkpoint written; resume with: distlib-train
+    ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a sweep)."""
+    import shlex
+    head = str(e)
+    if e.checkpoint is None:
+        return f"{head}; no checkpoint (checkpoint.enabled=false): nothing to resume from"
+    hc = HydraConfig.get()
+    keep = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
+    cmd = ["distlib-train", *keep, "resume=true", f"hydra.run.dir={Path(hc.runtime.output_dir).resolve()}"]
+    if cfg.backend.name == "torch" and "WORLD_SIZE" in os.environ:
+        local = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        nodes = int(os.environ["WORLD_SIZE"]) // max(int(local), 1)
+        launch = ["torchrun", f"--nproc_per_node={local}"] if nodes == 1 else \
+            ["torchrun", "<your torchrun options>"]
+        cmd = [*launch, "--no-python", *cmd]
+    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {shlex.join(cmd)}"
 
 
 def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
@@ -51,8 +75,17 @@ def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from distlib.interrupt import Interrupted
     try:
         run(cfg)
+    except Interrupted as e:
+        # Ctrl-C / SIGTERM: the step finished and a checkpoint was written; one line, no traceback.
+        console.error(interrupted_line(e, cfg))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "
+                      "started); no checkpoint written")
+        sys.exit(130)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
         console.error(f"config error: {e}")
@@ -71,6 +104,8 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from distlib.config import register_configs
     register_configs()
+    from distlib import interrupt
+    interrupt.install()     # SIGINT / SIGTERM: finish the step, checkpoint, exit 130 / 143
     argv = sys.argv[1:]
     sys.argv += rank_hydra_overrides(argv)     # under torchrun, only rank 0 writes files
     try:

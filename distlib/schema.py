@@ -79,7 +79,7 @@ class CheckpointConfig:
     enabled: bool = True
     every: Optional[int] = rule(None, ge=1)     # steps between checkpoints; null = epoch ends and the end
     epoch_end: bool = True
-    keep: int = rule(1, ge=1)                   # complete checkpoints kept
+    keep: int = rule(2, ge=1)                   # complete checkpoints kept (the previous one: if the latest is unreadable)
     dir: Optional[str] = None                   # null = <run dir>/checkpoints
 
 

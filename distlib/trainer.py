@@ -15,12 +15,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distlib import console
+from distlib import checkpoint as ckpt
+from distlib import console, interrupt
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
+from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
@@ -81,20 +83,30 @@ class Trainer:
             self._loop = AsyncLoop(self, algo)
         self.workers, self.strategies, self.logger = {}, {}, None
         self.sweep = sweep
+        self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
-        """Train every worker of this process; rank 0 returns the summary (others None)."""
+        """Train every worker of this process; rank 0 returns the summary (others None).
+
+        Raises :class:`Interrupted` when a signal stopped the synchronous loop early (see
+        :mod:`distlib.interrupt`), after its checkpoint."""
         try:
-            return self.backend.run(self._loop)
+            with interrupt.polling(self._loop == self._train):
+                summary = self.backend.run(self._loop)
         finally:
             if self.logger is not None:
                 self.logger.close()
+        if self.stop.signum is not None and self.stop.stop_at is not None and self.stop.stop_at < self.total_steps:
+            saved = self.checkpointer.enabled and ckpt.find(self.checkpointer.root)
+            raise Interrupted(self.stop.signum, self.stop.stop_at, self.total_steps, saved or None)
+        return summary
 
     def _train(self, comm: Communicator) -> dict[str, Any] | None:
         ctx, strategy, loop = self.start(comm)
         worker, logger = ctx.worker, self.logger if comm.rank == 0 else None
         for step in range(loop.step, self.total_steps):
+            self.stop.begin(comm.rank, step)
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
             comm.speed = self.cluster.speed(comm.rank, step)    # stragglers and transient slowdowns
             self.lr.apply(worker, ctx.epoch)
@@ -109,6 +121,10 @@ class Trainer:
             loop.step = step + 1
             if self.checkpointer.due(loop.step):    # every worker is at this step
                 self.checkpointer.save(ctx, strategy, loop, logger)
+            if self.stop.due(comm, loop.step):      # a signal: every worker stops after this same step
+                if self.checkpointer.enabled and not self.checkpointer.due(loop.step):
+                    self.checkpointer.save(ctx, strategy, loop, logger)
+                break
         return logger.write_summary() if logger is not None else None
 
     # -- building --------------------------------------------------------------------------

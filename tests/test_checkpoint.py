@@ -101,7 +101,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algo):
     crash_after(monkeypatch, 8)
     with pytest.raises(Crash):
         run_training(make_cfg(*overrides), tmp_path / "split")
-    assert ckpt.complete_steps(tmp_path / "split" / "checkpoints") == [5]
+    assert ckpt.complete_steps(tmp_path / "split" / "checkpoints") == [4, 5]     # keep=2
     monkeypatch.undo()
     resumed, resumed_summary = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
 
