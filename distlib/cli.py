@@ -102,6 +102,10 @@ def main() -> None:
     # every other config error.
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from distlib.identity import foreign_distlib
+    clash = foreign_distlib()
+    if clash:
+        print(clash, file=sys.stderr)
     from distlib.config import register_configs
     register_configs()
     from distlib import interrupt
