@@ -167,3 +167,40 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resuming_is_the_same_run(t
     resumed = json.loads((run_dir / "summary.json").read_text())
     _, whole = run_training(make_cfg(*CLI_RUN), tmp_path / "whole")
     assert comparable(resumed) == comparable(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """The terminal's Ctrl-C reaches torchrun and both ranks (one process group); torchrun then
+    also sends SIGTERM to its ranks. Both ranks finish the same step, write one checkpoint, and
+    each prints the resume line."""
+    from support import free_port
+    run_dir = tmp_path / "run"
+    overrides = [*CLI_RUN[:4], "batch_size=16", "max_steps=100000", "eval_every=50", "checkpoint.every=5",
+                 "log.progress=false", "backend=torch", "backend.dist=gloo", "backend.timeout_s=60"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "distlib", *overrides, f"hydra.run.dir={run_dir}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ckpt.complete_steps(run_dir / "checkpoints"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.startswith("interrupted by ")]
+    assert len(lines) == 2, err[-3000:]            # one per rank, the same step
+    steps = {int(line.split(" at step ")[1].split()[0]) for line in lines}
+    assert len(steps) == 1, lines
+    (stop,) = steps
+    assert ckpt.complete_steps(run_dir / "checkpoints")[-1] == stop
+    assert "torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
+    # no rank printed a traceback (torchrun's agent prints its own SignalException: not ours to change)
+    assert not [line for line in err.splitlines() if 'File "' in line and "/distlib/" in line], err[-3000:]
