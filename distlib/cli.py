@@ -109,7 +109,7 @@ def main() -> None:
     from distlib.config import register_configs
     register_configs()
     from distlib import interrupt
-    interrupt.install()     # SIGINT / SIGTERM: finish the step, checkpoint, exit 130 / 143
+    previous = interrupt.install()     # SIGINT / SIGTERM: finish the step, checkpoint, exit 130 / 143
     argv = sys.argv[1:]
     sys.argv += rank_hydra_overrides(argv)     # under torchrun, only rank 0 writes files
     try:
@@ -118,6 +118,7 @@ def main() -> None:
         print(f"config error: {_one_line(e, argv)}", file=sys.stderr)
         sys.exit(2)
     finally:
+        interrupt.uninstall(previous)
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 

@@ -16,7 +16,7 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from distlib.comm.base import Communicator
@@ -47,16 +47,21 @@ class _State:
 _STATE = _State()
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM by asking the training loop to stop after its step."""
+def install() -> dict[int, Any]:
+    """Handle SIGINT and SIGTERM by asking the training loop to stop after its step; returns
+    the handlers they had (for :func:`uninstall`)."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, _handle)
     _STATE.installed, _STATE.signum = True, None
+    return previous
 
 
-def uninstall() -> None:
+def uninstall(previous: dict[int, Any] | None = None) -> None:
+    """Give SIGINT and SIGTERM back their ``previous`` handlers (default: Python's own)."""
     for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+        default = signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler
+        signal.signal(sig, (previous or {}).get(sig, default))
     _STATE.installed, _STATE.signum = False, None
 
 

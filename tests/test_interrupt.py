@@ -38,12 +38,9 @@ def comparable(summary: dict) -> dict:
 
 @pytest.fixture
 def handlers():
-    saved = {sig: signal.getsignal(sig) for sig in interrupt.SIGNALS}
-    interrupt.install()
+    previous = interrupt.install()
     yield
-    interrupt.uninstall()
-    for sig, h in saved.items():
-        signal.signal(sig, h)
+    interrupt.uninstall(previous)
 
 
 def signal_during(monkeypatch, rank: int, call: int, sig: int = signal.SIGINT) -> None:
