@@ -129,7 +129,8 @@ class RunLogger:
         self.every_n_steps = every_n_steps
         self.local_workers = local_workers
         self.sweep = dict(sweep or {})
-        self.run_name = ",".join(f"{k.lstrip('+~')}={v}" for k, v in self.sweep.items()) or None
+        # a directory name: a value with a slash (a file path) must not nest it
+        self.run_name = ",".join(f"{k.lstrip('+~')}={v}" for k, v in self.sweep.items()).replace("/", "_") or None
         self.tb_dir = self.run_dir / "tb" / self.run_name if self.run_name else self.run_dir / "tb"
         self._tb_enabled = tensorboard
         self._tb = None
