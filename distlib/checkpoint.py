@@ -23,12 +23,14 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from distlib import console
 from distlib.errors import CheckpointError
 
 FORMAT = 1
@@ -39,6 +41,10 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 #: long the run goes, what it records, or how it is launched, not the trajectory itself.
 RESUMABLE_CHANGES = ("max_steps", "epochs", "eval_every", "eval", "log", "checkpoint", "resume",
                      "backend", "imports", "hydra")
+
+
+#: Fields that say what the run is; a mismatch names them first.
+STRUCTURAL = ("model", "algorithm", "workers", "dataset")
 
 
 # -- plain data -------------------------------------------------------------------------------
@@ -166,16 +172,51 @@ def complete_steps(root: Path) -> list[int]:
                   and (p / META).is_file())
 
 
-def find(path: Path) -> Path | None:
+def find(path: Path, readable: bool = False) -> Path | None:
     """The checkpoint ``path`` names: a ``step_N`` directory itself, or the latest one under a
-    checkpoints directory or a run directory (``<run>/checkpoints``); None if there is none."""
+    checkpoints directory or a run directory (``<run>/checkpoints``); None if there is none.
+
+    ``readable``: the latest one whose files are all intact (:func:`verify`); when the latest
+    is not (a crash or a full disk truncated it after its commit), the previous complete one
+    is taken with a one-line warning. If none is intact, the latest one's error is raised.
+    """
     if (path / META).is_file():
         return path
     for root in (path, path / "checkpoints"):
         steps = complete_steps(root)
-        if steps:
+        if not steps:
+            continue
+        if not readable:
             return step_dir(root, steps[-1])
+        first: CheckpointError | None = None
+        for s in reversed(steps):
+            try:
+                verify(step_dir(root, s))
+            except CheckpointError as e:
+                first = first or e
+                continue
+            if first is not None:
+                console.warning(f"warning: {first}; resuming from the previous complete checkpoint, "
+                                f"{step_dir(root, s).name}")
+            return step_dir(root, s)
+        assert first is not None
+        raise first
     return None
+
+
+def verify(where: Path) -> None:
+    """Raise CheckpointError if a file of the checkpoint ``where`` is unreadable: its metadata
+    must load and every shard be a whole zip archive (``torch.save``'s format) whose members
+    match their CRCs; the shards are read but not unpickled (that is done once, on restore)."""
+    load_file(where / META)
+    for path in shards(where):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointError(f"resume: cannot read checkpoint file {path}: {e}") from None
+        if bad is not None:
+            raise CheckpointError(f"resume: checkpoint file {path} is corrupt ({bad} fails its CRC check)")
 
 
 # -- config compatibility -------------------------------------------------------------------------
@@ -194,14 +235,15 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    """Raise CheckpointError naming the fields that differ in a way a resume cannot honour."""
+    """Raise CheckpointError naming every field that differs in a way a resume cannot honour,
+    the structural ones (STRUCTURAL: what the run is) first, the others after, each by name."""
     a, b = fingerprint(saved), fingerprint(current)
-    diff = [f"{k}={a.get(k, '<absent>')!r} in the checkpoint but {b.get(k, '<absent>')!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    keys = [k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    keys.sort(key=lambda k: (k.split(".")[0] not in STRUCTURAL, k))
+    diff = [f"{k}={a.get(k, '<absent>')!r} in the checkpoint but {b.get(k, '<absent>')!r} now" for k in keys]
     if diff:
-        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise CheckpointError(f"resume: checkpoint {where} was made with a different config: "
-                              f"{'; '.join(diff[:3])}{more}; only {', '.join(RESUMABLE_CHANGES[:-2])} "
+                              f"{'; '.join(diff)}; only {', '.join(RESUMABLE_CHANGES[:-2])} "
                               f"may change when resuming")
 
 

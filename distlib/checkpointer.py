@@ -46,7 +46,7 @@ class Checkpointer:
         self.enabled: bool = bool(c.get("enabled", True))
         self.every: int | None = c.get("every")
         self.epoch_end: bool = bool(c.get("epoch_end", True))
-        self.keep: int = int(c.get("keep", 1))
+        self.keep: int = int(c.get("keep", 2))
         self.root = Path(c["dir"]) if c.get("dir") else Path(run_dir) / "checkpoints"
         self.config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         self.local_ranks = sorted(local_ranks)
@@ -160,16 +160,16 @@ class Checkpointer:
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
         if resume is None or resume is False:
             # torchrun --max-restarts restarted the group: go on from the last checkpoint by itself.
-            return ckpt.find(self.root) if restarted else None
+            return ckpt.find(self.root, readable=True) if restarted else None
         if resume == "auto":
-            return ckpt.find(self.root)
+            return ckpt.find(self.root, readable=True)
         if resume is True:
-            found = ckpt.find(self.root)
+            found = ckpt.find(self.root, readable=True)
             if found is None:
                 raise CheckpointError(f"resume=true: no complete checkpoint in {self.root}; run once with "
                                       f"checkpointing on, or give resume=PATH")
             return found
-        found = ckpt.find(Path(str(resume)))
+        found = ckpt.find(Path(str(resume)), readable=True)
         if found is None:
             raise CheckpointError(f"resume: no complete checkpoint at {resume} (give a step_N directory, "
                                   f"a checkpoints directory, or a run directory)")

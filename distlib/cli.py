@@ -2,39 +2,97 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from distlib import console
 from distlib.errors import ConfigError, DivergenceError
+from distlib.options import unknown_key
+
+if TYPE_CHECKING:
+    from distlib.interrupt import Interrupted
 
 
 def run(cfg: DictConfig) -> dict | None:
     from distlib.trainer import Trainer
-    trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir)
+    trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir, sweep=swept_overrides())
     summary = trainer.run()
     if summary is not None and cfg.log.progress:
         final = summary["final"]
         acc = final.get("test_accuracy")
-        print(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
-              f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
+        console.info(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
+                     f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
     return summary
+
+
+def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
+    """``interrupted by SIGINT at step 40 of 600; checkpoint written; resume with: distlib-train
+    ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a sweep)."""
+    import shlex
+    head = str(e)
+    if e.checkpoint is None:
+        return f"{head}; no checkpoint (checkpoint.enabled=false): nothing to resume from"
+    hc = HydraConfig.get()
+    keep = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
+    cmd = ["distlib-train", *keep, "resume=true", f"hydra.run.dir={Path(hc.runtime.output_dir).resolve()}"]
+    if cfg.backend.name == "torch" and "WORLD_SIZE" in os.environ:
+        local = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        nodes = int(os.environ["WORLD_SIZE"]) // max(int(local), 1)
+        launch = ["torchrun", f"--nproc_per_node={local}"] if nodes == 1 else \
+            ["torchrun", "<your torchrun options>"]
+        cmd = [*launch, "--no-python", *cmd]
+    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {shlex.join(cmd)}"
+
+
+def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
+    """In a Hydra multirun, this job's values of the overrides the sweep varies (``-m
+    algorithm=dpsgd,matcha seed=0,1`` -> ``{"algorithm": "matcha", "seed": "1"}``), in
+    command-line order; {} for a single run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:   # Hydra parsed them already; a failure here only loses the run name
+        parsed = []
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    keys += [k for k in (hc.sweeper.get("params") or {}) if k not in keys]    # sweeps declared in a config
+    mine = {}
+    for o in OverridesParser.create().parse_overrides(list(hc.overrides.task)):
+        mine[o.key_or_group] = o.get_value_element_as_str()
+    return {k: mine[k] for k in keys if k in mine}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from distlib.interrupt import Interrupted
     try:
         run(cfg)
+    except Interrupted as e:
+        # Ctrl-C / SIGTERM: the step finished and a checkpoint was written; one line, no traceback.
+        console.error(interrupted_line(e, cfg))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "
+                      "started); no checkpoint written")
+        sys.exit(130)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
-        print(f"config error: {e}", file=sys.stderr)
+        console.error(f"config error: {e}")
         sys.exit(2)
     except DivergenceError as e:
         # NaN or inf: one line naming worker, step and last finite loss; checkpoints are kept.
-        print(f"diverged: {e}", file=sys.stderr)
+        console.error(f"diverged: {e}")
         sys.exit(3)
 
 
@@ -44,15 +102,23 @@ def main() -> None:
     # every other config error.
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from distlib.identity import foreign_distlib
+    clash = foreign_distlib()
+    if clash:
+        print(clash, file=sys.stderr)
     from distlib.config import register_configs
     register_configs()
-    sys.argv += rank_hydra_overrides(sys.argv[1:])     # under torchrun, only rank 0 writes files
+    from distlib import interrupt
+    previous = interrupt.install()     # SIGINT / SIGTERM: finish the step, checkpoint, exit 130 / 143
+    argv = sys.argv[1:]
+    sys.argv += rank_hydra_overrides(argv)     # under torchrun, only rank 0 writes files
     try:
         _hydra_main()
     except CompactHydraException as e:     # composition and override-syntax errors
-        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        print(f"config error: {_one_line(e, argv)}", file=sys.stderr)
         sys.exit(2)
     finally:
+        interrupt.uninstall(previous)
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
@@ -74,8 +140,13 @@ def rank_hydra_overrides(argv: list[str], environ: dict[str, str] | None = None)
     return extra
 
 
-def _one_line(e: CompactHydraException) -> str:
-    """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option."""
+def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
+    """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option;
+    ``optim.lrr: unknown config key; did you mean 'optim.lr'?`` for a key that does not exist."""
+    missing = re.match(r"Could not override '([^']+)'", str(e))
+    if missing:
+        key = missing.group(1)
+        return unknown_key(key, _keys_beside(key, argv or []))
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
@@ -87,3 +158,23 @@ def _one_line(e: CompactHydraException) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def _keys_beside(key: str, argv: list[str]) -> list[str]:
+    """The keys of the group that ``key`` names a field of, in the config composed from the
+    other overrides (so ``algorithm.fromm`` is compared with the chosen algorithm's options)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    group = key.rpartition(".")[0]
+    rest = [a for a in argv if "=" in a and not a.startswith("-") and a.split("=", 1)[0].lstrip("+~") != key
+            and not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=rest)
+        node = OmegaConf.select(cfg, group) if group else cfg
+        return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    except Exception:     # the other overrides are wrong too: a suggestion is only a nicety
+        return []
+    finally:
+        GlobalHydra.instance().clear()

@@ -79,6 +79,7 @@ def validate(cfg: DictConfig) -> "Strategy":
 
     Returns the Strategy built to check the algorithm's options (its class says whether the
     run is asynchronous and how many service ranks it needs)."""
+    schema.check_keys(cfg, COMPONENT_GROUPS)    # no key that nothing reads (a misspelt one)
     schema.check(cfg)     # types, ranges and names of every field in distlib/schema.py
     import_plugins(cfg)
     for group in COMPONENT_GROUPS:
@@ -94,7 +95,31 @@ def validate(cfg: DictConfig) -> "Strategy":
         if node.get("name") and "_target_" not in node:
             reg.get(node.name)
     # An algorithm's constants are checked by its constructor, which only builds (no work).
-    return build_strategy(cfg.algorithm)
+    algo = build_strategy(cfg.algorithm)
+    if cfg.workers is None:
+        resolve_workers(cfg, getattr(algo, "service_ranks", 0))
+        schema.check(cfg)   # again: the checks that involve the number of workers (cluster.speeds)
+    return algo
+
+
+def resolve_workers(cfg: DictConfig, service_ranks: int = 0, environ: dict[str, str] | None = None) -> int:
+    """Set ``workers: null`` to its meaning, the one place it is decided: under torchrun
+    (``backend=torch``, WORLD_SIZE set) every process that is not one of the algorithm's
+    service ranks, else :data:`distlib.schema.DEFAULT_WORKERS` simulated workers. The resolved
+    number is what summary.json, the checkpoints and the Trainer see. An explicit ``workers``
+    is kept (the torch backend refuses one that disagrees with WORLD_SIZE, naming both)."""
+    env = os.environ if environ is None else environ
+    if cfg.workers is None:
+        if cfg.backend.name == "torch" and env.get("WORLD_SIZE"):
+            world = int(env["WORLD_SIZE"])
+            if world - service_ranks < 1:
+                raise ConfigError(f"workers: torchrun started {world} processes (WORLD_SIZE) but "
+                                  f"{cfg.algorithm.get('name')} needs {service_ranks} service ranks besides "
+                                  f"at least one worker")
+            cfg.workers = world - service_ranks
+        else:
+            cfg.workers = schema.DEFAULT_WORKERS
+    return int(cfg.workers)
 
 
 def build_strategy(cfg: DictConfig | dict) -> "Strategy":

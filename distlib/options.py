@@ -64,3 +64,16 @@ def choice(where: str, v: T, allowed: Iterable[T]) -> T:
     if v not in allowed:
         raise ConfigError(f"{where}: unknown {v!r}; allowed: {', '.join(map(str, allowed))}")
     return v
+
+
+def unknown_key(key: str, candidates: Iterable[str]) -> str:
+    """``optim.lrr: unknown config key; did you mean 'optim.lr'?`` (difflib's closest
+    candidate, compared within the key's own group), else the keys allowed there."""
+    import difflib
+    prefix, _, name = key.rpartition(".")
+    names = sorted({c.rpartition(".")[2] for c in candidates})
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    where = f"{prefix}." if prefix else ""
+    if close:
+        return f"{key}: unknown config key; did you mean {where + close[0]!r}?"
+    return f"{key}: unknown config key; the keys{' of ' + prefix if prefix else ''} are: {', '.join(names)}"

@@ -13,11 +13,13 @@ was imported before, and importing a registry does not import torch or every alg
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from distlib.errors import ConfigError
+from distlib.options import unknown_key
 
 T = TypeVar("T")
 
@@ -79,6 +81,8 @@ def check_params(factory: Callable[..., Any], params: Mapping[str, Any], where: 
                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
     for key in params:
         if key not in allowed:
+            if difflib.get_close_matches(key, allowed, n=1, cutoff=0.6):    # a misspelling: name the one meant
+                raise ConfigError(unknown_key(f"{where}.{key}", allowed))
             raise ConfigError(f"{where}.{key}: unknown option; allowed: {', '.join(allowed) or 'none'}")
 
 

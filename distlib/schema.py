@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distlib.errors import ConfigError
-from distlib.options import describe_range, in_range, is_integer, is_number
+from distlib.options import describe_range, in_range, is_integer, is_number, unknown_key
 
 
 def rule(default: Any = None, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
@@ -79,7 +79,7 @@ class CheckpointConfig:
     enabled: bool = True
     every: Optional[int] = rule(None, ge=1)     # steps between checkpoints; null = epoch ends and the end
     epoch_end: bool = True
-    keep: int = rule(1, ge=1)                   # complete checkpoints kept
+    keep: int = rule(2, ge=1)                   # complete checkpoints kept (the previous one: if the latest is unreadable)
     dir: Optional[str] = None                   # null = <run dir>/checkpoints
 
 
@@ -91,12 +91,15 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True                               # banner, progress bar / lines, evaluation lines
+    every_n_steps: Optional[int] = rule(None, ge=1)     # train loss to TensorBoard every n steps (no evaluation)
 
 
 @dataclass
 class TrainConfig:
-    workers: int = rule(8, ge=1)
+    # null: DEFAULT_WORKERS simulated workers, or under torchrun (backend=torch) one per process
+    # (WORLD_SIZE less the algorithm's service ranks); resolved by distlib.config.resolve_workers
+    workers: Optional[int] = rule(None, ge=1)
     seed: int = rule(0, ge=0)
     epochs: int = rule(10, ge=1)
     max_steps: Optional[int] = rule(None, ge=1)     # overrides epochs
@@ -114,6 +117,9 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+
+#: the number of simulated workers when ``workers`` is not given
+DEFAULT_WORKERS = 8
 
 #: groups chosen by name on the command line (config group options), not top-level blocks
 SELECTED_GROUPS = ("optim", "network", "cluster", "dataset")
@@ -143,6 +149,27 @@ def check(cfg: DictConfig | dict, schema: type = TrainConfig, prefix: str = "") 
         elif not _accepts(value, tp, bounds):
             raise ConfigError(f"{where}: {_must(value, tp, bounds)}")
     _check_combinations(cfg, schema)
+
+
+def check_keys(cfg: DictConfig | dict, groups: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError for a key that no field declares (``+algoritm=x``, ``+foo=1``): at the
+    top level, where the component ``groups`` are allowed besides the schema's fields, and
+    inside the schema's own groups. A component group's keys are its constructor's options,
+    checked by :func:`distlib.registry.check_params`."""
+    _check_keys(cfg, TrainConfig, "", groups)
+
+
+def _check_keys(cfg: DictConfig | dict, schema: type, prefix: str, groups: tuple[str, ...]) -> None:
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg:
+        if key in groups:
+            continue
+        if key not in names:
+            raise ConfigError(unknown_key(f"{prefix}{key}", [*names, *groups]))
+        value = cfg[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, (dict, DictConfig)):
+            _check_keys(value, hints[key], f"{prefix}{key}.", ())
 
 
 def _options(tp: Any) -> tuple[Any, ...]:
@@ -191,7 +218,7 @@ def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
         raise ConfigError("optim.nesterov: needs optim.momentum > 0 (Nesterov is a form of momentum)")
     if schema is TrainConfig:
         speeds = (cfg.get("cluster") or {}).get("speeds")
-        if speeds is not None and len(speeds) != cfg.get("workers"):
+        if speeds is not None and cfg.get("workers") is not None and len(speeds) != cfg.get("workers"):
             raise ConfigError(f"cluster.speeds: needs one speed per worker ({cfg.get('workers')}), "
                               f"got {len(speeds)}")
 

@@ -15,11 +15,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from distlib import checkpoint as ckpt
+from distlib import console, interrupt
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
+from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
@@ -47,7 +50,10 @@ class Trainer:
     strategies: dict[int, Strategy | Service]
     logger: RunLogger | None
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, backend: Backend | None = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, backend: Backend | None = None, *,
+                 sweep: dict[str, str] | None = None) -> None:
+        """``sweep``: in a Hydra multirun, the overrides that differ between its runs (they
+        name the run in TensorBoard, see :class:`RunLogger`)."""
         algo = validate(cfg)    # every value checked before any work; the algorithm, built once
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -76,24 +82,37 @@ class Trainer:
             from distlib.async_loop import AsyncLoop
             self._loop = AsyncLoop(self, algo)
         self.workers, self.strategies, self.logger = {}, {}, None
+        self.sweep = sweep
+        self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
-        """Train every worker of this process; rank 0 returns the summary (others None)."""
+        """Train every worker of this process; rank 0 returns the summary (others None).
+
+        Raises :class:`Interrupted` when a signal stopped the synchronous loop early (see
+        :mod:`distlib.interrupt`), after its checkpoint."""
         try:
-            return self.backend.run(self._loop)
+            with interrupt.polling(self._loop == self._train):
+                summary = self.backend.run(self._loop)
         finally:
             if self.logger is not None:
                 self.logger.close()
+        if self.stop.signum is not None and self.stop.stop_at is not None and self.stop.stop_at < self.total_steps:
+            saved = self.checkpointer.enabled and ckpt.find(self.checkpointer.root)
+            raise Interrupted(self.stop.signum, self.stop.stop_at, self.total_steps, saved or None)
+        return summary
 
     def _train(self, comm: Communicator) -> dict[str, Any] | None:
         ctx, strategy, loop = self.start(comm)
         worker, logger = ctx.worker, self.logger if comm.rank == 0 else None
         for step in range(loop.step, self.total_steps):
+            self.stop.begin(comm.rank, step)
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
             comm.speed = self.cluster.speed(comm.rank, step)    # stragglers and transient slowdowns
             self.lr.apply(worker, ctx.epoch)
             train_step(ctx, strategy, loop, self.step_time)
+            if self.logger is not None:     # this process's rank 0 records the run
+                self.logger.step_done(step + 1, ctx.loss)
 
             if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
                 record = self.evaluate(ctx, strategy, loop.take_mean_loss())
@@ -102,6 +121,10 @@ class Trainer:
             loop.step = step + 1
             if self.checkpointer.due(loop.step):    # every worker is at this step
                 self.checkpointer.save(ctx, strategy, loop, logger)
+            if self.stop.due(comm, loop.step):      # a signal: every worker stops after this same step
+                if self.checkpointer.enabled and not self.checkpointer.due(loop.step):
+                    self.checkpointer.save(ctx, strategy, loop, logger)
+                break
         return logger.write_summary() if logger is not None else None
 
     # -- building --------------------------------------------------------------------------
@@ -113,12 +136,18 @@ class Trainer:
         with comm.uncounted():      # building is not part of the modelled time
             ctx, strategy = self._build_worker(comm)
             if comm.rank == 0:   # rank 0 alone records the run
-                self.logger = RunLogger(self.run_dir, self._header(), tensorboard=self.cfg.log.tensorboard,
-                                        progress=self.cfg.log.progress, total_steps=self.total_steps)
+                log = self.cfg.log
+                self.logger = RunLogger(self.run_dir, self._header(), tensorboard=log.tensorboard,
+                                        progress=log.progress, total_steps=self.total_steps,
+                                        every_n_steps=log.get("every_n_steps"), sweep=self.sweep,
+                                        local_workers=sum(r < self.cfg.workers for r in self.backend.local_ranks))
+                self.logger.banner(ctx.worker.flat_params().numel(), self.cfg.get("device", "cpu"))
         strategy.setup(ctx)
         self.checkpointer.agree(comm)     # under torchrun: rank 0's checkpoint directory and source
         logger = self.logger if comm.rank == 0 else None
         loop = self.checkpointer.restore(ctx, strategy, logger) if self.checkpointer.source else LoopState()
+        if logger is not None and self.checkpointer.source:
+            console.info(f"resumed from step {loop.step} ({self.checkpointer.source})")
         return ctx, strategy, loop
 
     def _build_worker(self, comm: Communicator) -> tuple[Context, Strategy | Service]:

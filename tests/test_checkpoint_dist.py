@@ -122,7 +122,7 @@ def test_stop_and_resume_on_two_processes_equals_the_uninterrupted_run(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _finish(_torchrun(2, [*overrides, "max_steps=60"], run_dir))       # a checkpoint at 40 and 60
-    assert ckpt.complete_steps(run_dir / "checkpoints") == [60]
+    assert ckpt.complete_steps(run_dir / "checkpoints") == [40, 60]      # checkpoint.keep=2
     _finish(_torchrun(2, [*overrides, "max_steps=150", "resume=true"], run_dir))
     real = json.loads((run_dir / "summary.json").read_text())
 

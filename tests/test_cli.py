@@ -48,6 +48,11 @@ def test_short_run_writes_summary_and_tensorboard(tmp_path):
     out = proc.stdout.strip().splitlines()
     assert sum("step      3/6" in line or "step      6/6" in line for line in out) == 2
     assert out[-1].startswith(f"done: test accuracy of the averaged model {100 * s['final']['test_accuracy']:.2f}%")
+    assert out[0].startswith("distlib: dpsgd on 4 workers (sim), topology ring, model mlp (370 parameters)")
+    # ... and the run's log file holds the same lines, time-stamped (Python logging, Hydra's file handler)
+    (log,) = run_dir.glob("*.log")
+    logged = [line.split(" - ", 1)[1] for line in log.read_text().splitlines()]
+    assert logged == out
 
     # TensorBoard: the scalars against the step
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -26,7 +26,7 @@ CASES = [
     (["model.name=nope"], "model: unknown model 'nope'; available:"),
     (["dataset.name=nope"], "dataset: unknown dataset 'nope'; available:"),
     (["topology.name=nope"], "topology: unknown topology 'nope'; available:"),
-    (["workers=0"], "workers: must be an integer >= 1, got 0"),
+    (["workers=0"], "workers: must be an integer >= 1 or null, got 0"),
     (["optim.lr=0"], "optim.lr: must be > 0, got 0"),
     (["optim.lr=-0.1"], "optim.lr: must be > 0, got -0.1"),
     (["topology=edge_list", "workers=4", "topology.path={dir}/three_nodes.txt"],
@@ -73,7 +73,7 @@ CLI_CASES = [
     (["topology=edge_list", "workers=4", "topology.path={dir}/two_pieces.txt"], "is not connected"),
     (["topology=edge_list", "workers=4", "topology.path={dir}/three_nodes.txt"], "describes 3 nodes"),
     (["topology=edge_list", "topology.path={dir}/missing.txt"], "does not exist"),
-    (["lr=0.1"], "config error: Could not override 'lr'"),     # a key that does not exist
+    (["lrr=0.1"], "config error: lrr: unknown config key; the keys are: "),     # a key that does not exist
 ]
 
 

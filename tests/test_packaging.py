@@ -62,19 +62,32 @@ def test_wheel_holds_every_module_config_and_data_file(wheel):
     assert top_level == {"distlib"}, f"the wheel installs more than the distlib package: {sorted(top_level)}"
 
 
-def test_installed_wheel_composes_the_default_config(wheel, tmp_path):
-    target = tmp_path / "site"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed into a bare target directory (modules, and bin/ with the console scripts)."""
+    target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
                     str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    return target
+
+
+def _from(target: Path) -> dict[str, str]:
+    """An environment that imports distlib from ``target`` (not the source tree)."""
+    return dict(os.environ, PYTHONPATH=str(target), OMP_NUM_THREADS="1")
+
+
+def test_installed_wheel_composes_the_default_config(installed, tmp_path):
+    target = installed
     assert not (target / "algorithms").exists()     # PyPI has a project of that name: never shadow it
     code = ("import distlib, sys; from hydra import compose, initialize_config_module\n"
             "assert distlib.__file__.startswith(sys.argv[1]), distlib.__file__\n"
             "from distlib.config import register_configs; register_configs()\n"
             "with initialize_config_module(config_module='distlib.configs', version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['algorithm=allreduce_sgd'])\n"
+            "from distlib.config import resolve_workers\n"
             "from distlib.data import DATASETS\n"
             "digits = DATASETS.build('mnist', {})   # the embedded digits, read from the installed package\n"
-            "print(cfg.algorithm.name, cfg.workers, cfg.topology.name, len(digits.train) + len(digits.test))")
+            "print(cfg.algorithm.name, resolve_workers(cfg), cfg.topology.name, len(digits.train) + len(digits.test))")
     # run from an empty directory, with the wheel's copy first on the path (not the source tree)
     env = dict(os.environ, PYTHONPATH=str(target), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, env=env,
@@ -126,3 +139,43 @@ def test_every_imported_package_is_declared():
         if name not in sys.stdlib_module_names and name not in local | {"distlib", "algorithms"}:
             dists = providers.get(name, {name})
             assert dists & for_tests, f"{name} (imported by {sorted(files)}) is not in the test extra"
+
+
+def test_python_m_distlib_runs_the_installed_copy(installed, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "distlib", "--help"], cwd=tmp_path, env=_from(installed),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "== Configuration groups ==" in proc.stdout and "algorithm: " in proc.stdout
+    code = "import distlib.__main__, sys; print(distlib.__main__.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_from(installed), capture_output=True,
+                           text=True, timeout=120).stdout.strip()
+    assert where.startswith(str(installed)), where
+
+
+TINY_RUN = ["dataset=synthetic", "dataset.samples=400", "model=mlp", "model.hidden=[8]", "batch_size=16",
+            "max_steps=4", "eval_every=2", "log.tensorboard=false", "backend=torch", "backend.dist=gloo",
+            "backend.timeout_s=60"]
+
+
+def _torchrun(installed: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The documented launch: torchrun --no-python distlib-train, with the installed console script."""
+    from support import free_port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "--no-python", str(installed / "bin" / "distlib-train"), *TINY_RUN,
+           *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, env=_from(installed), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.multiprocess
+def test_torchrun_of_the_installed_script_takes_workers_from_the_world_size(installed, tmp_path):
+    run_dir = tmp_path / "run"
+    done = _torchrun(installed, tmp_path, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert s["workers"] == 2 and s["config"]["workers"] == 2 and s["backend"] == "torch"
+    assert [h["step"] for h in s["history"]] == [2, 4]
+    assert len(s["comm"]["bytes_sent_per_worker"]) == 2
+    # an explicit workers= that disagrees with the processes torchrun started is refused, naming both
+    refused = _torchrun(installed, tmp_path, "workers=3", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode != 0
+    assert "config error: workers: the run needs 3 ranks" in refused.stderr and "has 2 processes" in refused.stderr

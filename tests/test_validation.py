@@ -25,14 +25,14 @@ SMALL = (*TINY, "workers=4", "max_steps=2")
 
 # (overrides, what the one line must contain); the line is "config error: <field>: ..."
 BAD = [
-    (["workers=abc"], "workers: must be an integer >= 1, got 'abc'"),
-    (["workers=2.5"], "workers: must be an integer >= 1, got 2.5"),
+    (["workers=abc"], "workers: must be an integer >= 1 or null, got 'abc'"),
+    (["workers=2.5"], "workers: must be an integer >= 1 or null, got 2.5"),
     (["seed=-1"], "seed: must be an integer >= 0, got -1"),
     (["epochs=0"], "epochs: must be an integer >= 1, got 0"),
     (["batch_size=0"], "batch_size: must be an integer >= 1, got 0"),
     (["max_steps=0"], "max_steps: must be an integer >= 1 or null, got 0"),
     (["eval_every=often"], "eval_every: must be an integer >= 1 or null, got 'often'"),
-    (["wokers=8"], "Could not override 'wokers'"),                      # a misspelt key
+    (["wokers=8"], "wokers: unknown config key; did you mean 'workers'?"),  # a misspelt key
     (["optim.lr=fast"], "optim.lr: must be a number > 0, got 'fast'"),
     (["optim.momentum=1.5"], "optim.momentum: must be >= 0 and < 1, got 1.5"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay: must be >= 0, got -0.1"),

@@ -301,7 +301,7 @@ class TorchBackend(Backend):
         if workers != self.world_size:
             raise ConfigError(f"workers: the run needs {workers} ranks (workers plus the algorithm's service "
                               f"ranks) but the torch.distributed job has {self.world_size} processes "
-                              f"(WORLD_SIZE); launch {workers} processes or set workers to match")
+                              f"(WORLD_SIZE); launch {workers} processes, or leave workers out (it follows WORLD_SIZE)")
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.local_ranks = [self.rank]
         if dist == "auto":
