@@ -116,4 +116,4 @@ class Strategy:
 STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm", lazy={
     name: f"distlib.algorithms.{name}" for name in (
         "allreduce_sgd", "dpsgd", "local_sgd", "matcha", "al_dsgd", "async_ps", "ad_psgd",
-        "choco_sgd", "gradient_tracking", "diloco")})
+        "choco_sgd", "gradient_tracking", "diloco", "sgp")})
