@@ -46,6 +46,7 @@ EQUIVALENCE = [
     ["algorithm=diloco", "algorithm.H=4"],
     ["algorithm=sgp", "algorithm.overlap=1"],
     ["algorithm=sgp", "algorithm.graph=topology", "topology=star"],
+    ["algorithm=allreduce_sgd", "algorithm.overlap=true", "algorithm.bucket_mb=0.0001"],
 ]
 
 
