@@ -41,6 +41,7 @@ from distlib.algorithms.allreduce_sgd import AllReduceSGD
 from distlib.algorithms.dpsgd import DPSGD
 from distlib.strategy import STRATEGIES, Context
 from distlib.comm.dist import DistCommunicator
+from distlib.config import register_configs
 from distlib.models import MODELS
 from distlib.seeding import seed_for
 from distlib.trainer import Trainer
@@ -75,6 +76,7 @@ STRATEGIES.register("bench_dpsgd")(_timed(DPSGD))
 
 
 def _cfg(algorithm: str, n: int, steps: int, backend: str, extra: tuple[str, ...] = ()):
+    register_configs()      # the declared defaults into Hydra's ConfigStore (idempotent)
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
         return compose("train", overrides=[*extra,
             f"algorithm={algorithm}", f"algorithm.name=bench_{algorithm}", f"workers={n}", "topology=ring",
