@@ -196,8 +196,10 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     """Raise CheckpointError naming the fields that differ in a way a resume cannot honour."""
     a, b = fingerprint(saved), fingerprint(current)
+    # A component chosen by another name first: it explains why that group's options differ.
+    keys = sorted(set(a) | set(b), key=lambda k: (not k.endswith(".name"), k))
     diff = [f"{k}={a.get(k, '<absent>')!r} in the checkpoint but {b.get(k, '<absent>')!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise CheckpointError(f"resume: checkpoint {where} was made with a different config: "
