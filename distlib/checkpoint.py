@@ -238,8 +238,10 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path
     """Raise CheckpointError naming every field that differs in a way a resume cannot honour,
     the structural ones (STRUCTURAL: what the run is) first, the others after, each by name."""
     a, b = fingerprint(saved), fingerprint(current)
+    # structural fields first (what the run is); within them, a component chosen by another
+    # name first: it explains why that group's options differ
     keys = [k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-    keys.sort(key=lambda k: (k.split(".")[0] not in STRUCTURAL, k))
+    keys.sort(key=lambda k: (k.split(".")[0] not in STRUCTURAL, not k.endswith(".name"), k))
     diff = [f"{k}={a.get(k, '<absent>')!r} in the checkpoint but {b.get(k, '<absent>')!r} now" for k in keys]
     if diff:
         raise CheckpointError(f"resume: checkpoint {where} was made with a different config: "

@@ -51,6 +51,8 @@ def register_configs() -> None:
     cs.store(group="optim", name="sgd", node=schema.asdict_of(schema.OptimConfig))
     cs.store(group="network", name="ideal", node=schema.asdict_of(schema.NetworkConfig))
     cs.store(group="cluster", name="default", node=schema.asdict_of(schema.ClusterConfig))
+    for name in schema.compression_names():
+        cs.store(group="compression", name=name, node={**schema.asdict_of(schema.CompressionConfig), "name": name})
     for name in STRATEGIES:
         cs.store(group="algorithm", name=name, node={"name": name, **defaults_of(STRATEGIES.get(name))})
     for name in BACKENDS:
@@ -96,6 +98,11 @@ def validate(cfg: DictConfig) -> "Strategy":
             reg.get(node.name)
     # An algorithm's constants are checked by its constructor, which only builds (no work).
     algo = build_strategy(cfg.algorithm)
+    compression = (cfg.get("compression") or {}).get("name", "none")
+    if compression != "none" and not getattr(algo, "compresses", False):
+        raise ConfigError(f"compression: {compression} needs an algorithm that compresses its messages "
+                          f"(choco_sgd); algorithm={cfg.algorithm.get('name') or cfg.algorithm.get('_target_')} "
+                          f"sends them whole")
     if cfg.workers is None:
         resolve_workers(cfg, getattr(algo, "service_ranks", 0))
         schema.check(cfg)   # again: the checks that involve the number of workers (cluster.speeds)

@@ -75,6 +75,14 @@ class DatasetConfig:
 
 
 @dataclass
+class CompressionConfig:
+    """What gossip messages pass through (distlib/compression.py), for algorithms that compress."""
+    name: Literal["none", "topk", "randomk", "qsgd", "sign"] = "none"
+    ratio: float = rule(0.01, gt=0, le=1)       # topk, randomk: fraction of coordinates sent
+    bits: int = rule(4, ge=2, le=8)             # qsgd: bits per coordinate, sign included
+
+
+@dataclass
 class CheckpointConfig:
     enabled: bool = True
     every: Optional[int] = rule(None, ge=1)     # steps between checkpoints; null = epoch ends and the end
@@ -113,6 +121,7 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -122,7 +131,7 @@ class TrainConfig:
 DEFAULT_WORKERS = 8
 
 #: groups chosen by name on the command line (config group options), not top-level blocks
-SELECTED_GROUPS = ("optim", "network", "cluster", "dataset")
+SELECTED_GROUPS = ("optim", "network", "cluster", "dataset", "compression")
 
 
 def run_defaults() -> dict[str, Any]:
@@ -221,6 +230,11 @@ def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
         if speeds is not None and cfg.get("workers") is not None and len(speeds) != cfg.get("workers"):
             raise ConfigError(f"cluster.speeds: needs one speed per worker ({cfg.get('workers')}), "
                               f"got {len(speeds)}")
+
+
+def compression_names() -> tuple[str, ...]:
+    """The names ``compression=`` accepts (their classes: distlib/compression.py)."""
+    return typing.get_args(typing.get_type_hints(CompressionConfig)["name"])
 
 
 def asdict_of(group: type) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from distlib.registry import Registry
 
 if TYPE_CHECKING:
     from distlib.comm.base import Communicator
+    from distlib.compression import Compressor
     from distlib.data.datasets import DataSplit
     from distlib.lr import LRSchedule
     from distlib.topology.graphs import Graph
@@ -56,6 +57,8 @@ class Context:
     test_set: "DataSplit | None" = None
     #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
     checkpoint_due: Callable[[int], bool] = lambda done: False
+    #: what messages pass through (``compression=...``), for strategies with ``compresses = True``
+    compressor: "Compressor | None" = None
 
     @property
     def rank(self) -> int:
@@ -75,6 +78,9 @@ class Context:
 
 class Role:
     """What the role of any rank has: set-up, figures for TensorBoard, state for checkpoints."""
+
+    #: True if the strategy passes its messages through ``ctx.compressor`` (else compression=none only)
+    compresses: bool = False
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -113,4 +119,5 @@ class Strategy(Role):
 #: resolves whatever was imported before; users add theirs with ``@STRATEGIES.register``.
 STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm", lazy={
     name: f"distlib.algorithms.{name}" for name in (
-        "allreduce_sgd", "dpsgd", "local_sgd", "matcha", "al_dsgd", "async_ps", "ad_psgd")})
+        "allreduce_sgd", "dpsgd", "local_sgd", "matcha", "al_dsgd", "async_ps", "ad_psgd",
+        "choco_sgd", "gradient_tracking", "diloco", "sgp")})

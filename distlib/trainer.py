@@ -20,6 +20,7 @@ from distlib import console, interrupt
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
+from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
 from distlib.interrupt import Interrupted, StopPoint
@@ -170,7 +171,7 @@ class Trainer:
         ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
                       total_steps=self.total_steps, seed=seed_for(cfg.seed, "strategy"), lr=self.lr,
                       workers=cfg.workers, eval_every=self.eval_every, test_set=self.dataset.test,
-                      checkpoint_due=self.checkpointer.due)
+                      checkpoint_due=self.checkpointer.due, compressor=build_compressor(cfg.get("compression")))
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
 

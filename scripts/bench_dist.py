@@ -4,6 +4,8 @@ For 2 and 4 processes, MLP (784-200-10) on the embedded MNIST, batch 32 per work
 
 (a) AllReduce-SGD in distlib (Trainer, backend=torch) against a hand-written loop with
     torch.nn.parallel.DistributedDataParallel: seconds per iteration, ratio distlib / DDP;
+    without and with ``algorithm.overlap=true`` (bucket all-reduces started from gradient
+    hooks during the backward pass, DDP's 25 MB buckets);
 (b) D-PSGD's neighbour exchange (``comm.exchange`` of the flat parameters with both ring
     neighbours) against a bare ``dist.batch_isend_irecv`` of the same tensors into buffers
     allocated once: seconds per call, ratio;
@@ -39,6 +41,7 @@ from distlib.algorithms.allreduce_sgd import AllReduceSGD
 from distlib.algorithms.dpsgd import DPSGD
 from distlib.strategy import STRATEGIES, Context
 from distlib.comm.dist import DistCommunicator
+from distlib.config import register_configs
 from distlib.models import MODELS
 from distlib.seeding import seed_for
 from distlib.trainer import Trainer
@@ -72,19 +75,21 @@ STRATEGIES.register("bench_allreduce_sgd")(_timed(AllReduceSGD))
 STRATEGIES.register("bench_dpsgd")(_timed(DPSGD))
 
 
-def _cfg(algorithm: str, n: int, steps: int, backend: str):
+def _cfg(algorithm: str, n: int, steps: int, backend: str, extra: tuple[str, ...] = ()):
+    register_configs()      # the declared defaults into Hydra's ConfigStore (idempotent)
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
-        return compose("train", overrides=[
+        return compose("train", overrides=[*extra,
             f"algorithm={algorithm}", f"algorithm.name=bench_{algorithm}", f"workers={n}", "topology=ring",
             *MODEL, "dataset=mnist", f"batch_size={BATCH}", f"max_steps={steps}", f"eval_every={steps}",
             "eval.per_worker=false", "log.tensorboard=false", "log.progress=false", f"backend={backend}",
             "checkpoint.enabled=false"])
 
 
-def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run_dir: Path) -> float:
+def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run_dir: Path,
+              extra: tuple[str, ...] = ()) -> float:
     """Seconds per iteration of distlib's Trainer (rank 0's clock)."""
     STEP_ENDS.clear()
-    Trainer(_cfg(algorithm, n, steps, backend), run_dir).run()
+    Trainer(_cfg(algorithm, n, steps, backend, extra), run_dir).run()
     return _per_step(STEP_ENDS, warmup) if STEP_ENDS else float("nan")  # only rank 0 reads the clock
 
 
@@ -140,12 +145,15 @@ def rank_main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     dist.init_process_group("gloo")
     n, steps, warmup = dist.get_world_size(), spec["steps"], spec["warmup"]
-    runs: dict[str, list[float]] = {k: [] for k in ("allreduce_sgd", "ddp", "dpsgd", "exchange", "bare")}
+    runs: dict[str, list[float]] = {k: [] for k in ("allreduce_sgd", "allreduce_sgd_overlap", "ddp", "dpsgd",
+                                                    "exchange", "bare")}
     numel = None
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(spec["rounds"]):
             runs["allreduce_sgd"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp)))
             runs["ddp"].append(ddp(n, steps, warmup))
+            runs["allreduce_sgd_overlap"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp),
+                                                           ("algorithm.overlap=true",)))
             runs["dpsgd"].append(framework("dpsgd", n, steps, warmup, "torch", Path(tmp)))
             numel = numel or sum(p.numel() for p in MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28),
                                                                   num_classes=10).parameters())
@@ -215,13 +223,15 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in runs.items()}
         entry = {"seconds_median": med, "all_rounds": runs, "exchanged_floats": job["numel"],
                  "a_allreduce_sgd_vs_ddp": _ratio(runs, "allreduce_sgd", "ddp"),
+                 "a_allreduce_sgd_overlap_vs_ddp": _ratio(runs, "allreduce_sgd_overlap", "ddp"),
                  "b_exchange_vs_bare": _ratio(runs, "exchange", "bare"),
                  "c_sim_vs_gloo_allreduce_sgd": _ratio(runs, "sim_allreduce_sgd", "allreduce_sgd"),
                  "c_sim_vs_gloo_dpsgd": _ratio(runs, "sim_dpsgd", "dpsgd")}
         results["procs"][str(n)] = entry
         ms = {k: 1e3 * v for k, v in med.items()}
         print(f"n={n}  (a) allreduce_sgd {ms['allreduce_sgd']:.2f} ms/it  DDP {ms['ddp']:.2f}  "
-              f"ratio {entry['a_allreduce_sgd_vs_ddp']:.3f}\n"
+              f"ratio {entry['a_allreduce_sgd_vs_ddp']:.3f}; with overlap {ms['allreduce_sgd_overlap']:.2f} "
+              f"ratio {entry['a_allreduce_sgd_overlap_vs_ddp']:.3f}\n"
               f"     (b) exchange {ms['exchange']:.3f} ms/call  bare batch_isend_irecv {ms['bare']:.3f}  "
               f"ratio {entry['b_exchange_vs_bare']:.3f}\n"
               f"     (c) sim allreduce_sgd {ms['sim_allreduce_sgd']:.2f} ms/it vs gloo {ms['allreduce_sgd']:.2f} "

@@ -28,6 +28,7 @@ class RecordingAllReduce(AllReduceSGD):
     def setup(self, ctx: Context) -> None:
         rec = RECORDS.setdefault("allreduce", {})
         rec[ctx.rank] = {"x0": ctx.worker.flat_params().clone(), "batches": []}
+        super().setup(ctx)
         batches, draw = ctx.worker.batches, ctx.worker.batches.next
 
         def next_recorded():
@@ -51,11 +52,13 @@ class RecordingDPSGD(DPSGD):
 
 
 # -- AllReduce-SGD == single-process SGD on the union batch -----------------------------------
-def test_allreduce_sgd_equals_single_process_sgd_on_union_batch(tmp_path):
+@pytest.mark.parametrize("overlap", [[], ["algorithm.overlap=true", "algorithm.bucket_mb=0.0001"]],
+                         ids=["whole", "buckets"])
+def test_allreduce_sgd_equals_single_process_sgd_on_union_batch(tmp_path, overlap):
     n, steps, lr, mu = 4, 20, 0.1, 0.9
     RECORDS.clear()
     cfg = make_cfg(*TINY, "algorithm=allreduce_sgd", "algorithm.name=test_recording_allreduce", f"workers={n}",
-                   f"max_steps={steps}", "batch_size=8", f"optim.lr={lr}", f"optim.momentum={mu}")
+                   f"max_steps={steps}", "batch_size=8", f"optim.lr={lr}", f"optim.momentum={mu}", *overlap)
     trainer, _ = run_training(cfg, tmp_path)
     rec = RECORDS["allreduce"]
     for r in range(1, n):

@@ -43,6 +43,11 @@ ALGORITHMS = {
     "matcha_schedule": ["algorithm=matcha", "topology=schedule", "topology.every=3"],
     "al_dsgd": ["algorithm=al_dsgd", "topology=ring"],
     "al_dsgd_matcha": ["algorithm=al_dsgd", "algorithm.base=matcha", "topology=regular"],
+    "choco_sgd": ["algorithm=choco_sgd", "algorithm.gamma=0.5", "compression=qsgd", "topology=ring"],
+    "gradient_tracking": ["algorithm=gradient_tracking", "topology=ring"],
+    "diloco": ["algorithm=diloco", "algorithm.H=3"],
+    "sgp_overlap": ["algorithm=sgp", "algorithm.overlap=1", "algorithm.graph=topology", "topology=star"],
+    "allreduce_sgd_overlap": ["algorithm=allreduce_sgd", "algorithm.overlap=true", "algorithm.bucket_mb=0.0001"],
     # asynchronous: checkpoints at the server's consistent cuts, at 4, 5, 8, ... steps' worth of gradients
     "async_ps": ["algorithm=async_ps", "cluster.speeds=[1,1,1,0.5]"],
 }

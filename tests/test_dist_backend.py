@@ -40,6 +40,13 @@ EQUIVALENCE = [
     ["algorithm=local_sgd", "algorithm.period=5"],
     ["algorithm=dpsgd", "topology=ring", "init=per_worker"],
     ["algorithm=al_dsgd", "topology=ring"],
+    ["algorithm=choco_sgd", "algorithm.gamma=0.5", "compression=topk", "compression.ratio=0.1", "topology=ring"],
+    ["algorithm=choco_sgd", "compression=qsgd", "topology=ring"],
+    ["algorithm=gradient_tracking", "topology=ring"],
+    ["algorithm=diloco", "algorithm.H=4"],
+    ["algorithm=sgp", "algorithm.overlap=1"],
+    ["algorithm=sgp", "algorithm.graph=topology", "topology=star"],
+    ["algorithm=allreduce_sgd", "algorithm.overlap=true", "algorithm.bucket_mb=0.0001"],
 ]
 
 

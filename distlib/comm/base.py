@@ -73,6 +73,19 @@ class Handle(ABC):
     def is_completed(self) -> bool: ...
 
 
+class CompletedHandle(Handle):
+    """A non-blocking operation that completed when it was started."""
+
+    def __init__(self, result: torch.Tensor | None = None) -> None:
+        self._result = result
+
+    def wait(self) -> torch.Tensor | None:
+        return self._result
+
+    def is_completed(self) -> bool:
+        return True
+
+
 class Communicator(ABC):
     """One worker's view of the group."""
 
@@ -86,6 +99,16 @@ class Communicator(ABC):
     @abstractmethod
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In place: ``tensor`` becomes the sum (``op="sum"``), mean, or max over workers."""
+
+    #: True where ``all_reduce_start`` returns before the reduction is done and may be called
+    #: from autograd hooks during the backward pass (torch.distributed); False: it completes
+    #: at once, and is called between hooks only (the simulator switches workers inside it)
+    nonblocking_collectives: bool = False
+
+    def all_reduce_start(self, tensor: torch.Tensor, op: str = "sum") -> Handle:
+        """Start an all-reduce of ``tensor`` in place; it holds the result once ``wait()`` returns.
+        Every worker must start its all-reduces in the same order. Here: the blocking one."""
+        return CompletedHandle(self.all_reduce(tensor, op))
 
     @abstractmethod
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -177,6 +177,25 @@ class DistCommunicator(Communicator):
             self._back(w, tensor)
         return tensor
 
+    nonblocking_collectives = True
+
+    def all_reduce_start(self, tensor: torch.Tensor, op: str = "sum") -> Handle:
+        """Start the all-reduce (async_op); ``wait()`` completes it and leaves the result in ``tensor``."""
+        if op not in ("sum", "mean"):
+            raise ValueError(f"all_reduce_start: unknown op {op!r}; allowed: sum, mean")
+        self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
+        what = f"all_reduce_start(op={op})"
+        with self._op(what):
+            w = self._wire(tensor)
+            work = dist.all_reduce(w, op=_OPS[op], async_op=True)
+
+        def done() -> torch.Tensor:
+            if op == "mean":
+                w.div_(self.world_size)
+            self._back(w, tensor)
+            return tensor
+        return _DistHandle(self, work, what, done)
+
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         self._count(*collective_bytes("broadcast", tensor, self.world_size, self.rank, src))
         with self._op(f"broadcast(src={src})"):

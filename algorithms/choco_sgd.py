@@ -1,0 +1,68 @@
+"""CHOCO-SGD (Koloskova, Stich, Jaggi, ICML 2019, Algorithm 2): gossip of compressed differences.
+
+Every worker keeps a public copy x_hat_i of its model, which all its neighbours know too, and
+s_i = sum_j W_ij x_hat_j (self included) instead of each neighbour's copy. Per step t:
+
+    x_i^{t+1/2} = x_i^t - eta g_i                         (the local step; eta: optim.lr)
+    q_i = Q(x_i^{t+1/2} - x_hat_i^t)                      sent to every neighbour, compressed
+    x_hat_i^{t+1} = x_hat_i^t + q_i;   s_i^{t+1} = s_i^t + sum_j W_ij q_j
+    x_i^{t+1} = x_i^{t+1/2} + gamma (s_i^{t+1} - x_hat_i^{t+1})
+              = x_i^{t+1/2} + gamma sum_j W_ij (x_hat_j^{t+1} - x_hat_i^{t+1})
+
+Q is the run's ``compression`` (distlib/compression.py); with Q = identity and gamma = 1 this
+is D-PSGD, adapt then combine. x_hat^0 = 0. Needs a static graph: the public copies of a
+neighbour are kept only while it stays a neighbour.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distlib.averaging import WeightCache
+from distlib.compression import Identity, message_key
+from distlib.errors import ConfigError
+from distlib.options import choice, number
+from distlib.strategy import STRATEGIES, Context, Strategy
+from distlib.topology.mixing import WEIGHTS
+
+
+@STRATEGIES.register("choco_sgd")
+class ChocoSGD(Strategy):
+    compresses = True
+
+    def __init__(self, gamma: float = 1.0, weights: str = "metropolis") -> None:
+        """``gamma``: the consensus step size in (0, 1] (1 with compression=none is D-PSGD; the
+        paper tunes it per compressor, e.g. smaller for top-k 1%); ``weights``: metropolis or
+        laplacian, as D-PSGD's."""
+        self.gamma = number("algorithm.gamma", gamma, gt=0, le=1)
+        self.weights = WeightCache(choice("algorithm.weights", weights, WEIGHTS))
+
+    def setup(self, ctx: Context) -> None:
+        if len(ctx.topology.graphs()) != 1:
+            raise ConfigError(f"topology: choco_sgd keeps its neighbours' public copies and needs a static "
+                              f"graph, got the time-varying {ctx.topology.name!r}")
+        self.Q = ctx.compressor or Identity()
+        x = ctx.worker.flat_params()
+        self.x_hat = torch.zeros_like(x)    # x_hat_i, known to every neighbour
+        self.s = torch.zeros_like(x)        # s_i = sum_j W_ij x_hat_j, self included
+
+    def after_step(self, ctx: Context) -> None:
+        x, i, g = ctx.worker.flat_params(), ctx.rank, ctx.graph()     # x = x_i^{t+1/2}
+        w, peers = self.weights(g), g.neighbors(i)
+        key = lambda j: message_key(ctx.seed, ctx.step, j)  # noqa: E731  (the sender's random choices)
+        payload = self.Q.encode(x - self.x_hat, key(i))
+        got = ctx.comm.exchange(payload, peers) if peers else {}
+        q_i = self.Q.decode(payload, x.numel(), key(i)).to(x.dtype)     # the copy the neighbours decode
+        self.x_hat.add_(q_i)
+        self.s.add_(q_i, alpha=float(w[i, i]))
+        for j in sorted(got):
+            self.s.add_(self.Q.decode(got[j], x.numel(), key(j)).to(x.dtype), alpha=float(w[i, j]))
+        x.add_(self.s - self.x_hat, alpha=self.gamma)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"x_hat": self.x_hat.clone(), "s": self.s.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.x_hat.copy_(state["x_hat"])
+        self.s.copy_(state["s"])
