@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from distlib.averaging import WeightCache
+from distlib.averaging import MixPlan, WeightCache
 from distlib.compression import Identity, message_key
 from distlib.errors import ConfigError
 from distlib.options import choice, number
@@ -49,15 +49,16 @@ class ChocoSGD(Strategy):
 
     def after_step(self, ctx: Context) -> None:
         x, i, g = ctx.worker.flat_params(), ctx.rank, ctx.graph()     # x = x_i^{t+1/2}
-        w, peers = self.weights(g), g.neighbors(i)
+        plan = MixPlan.from_rows(self.weights(g), i)                   # row i of W
+        peers = plan.peers
         key = lambda j: message_key(ctx.seed, ctx.step, j)  # noqa: E731  (the sender's random choices)
         payload = self.Q.encode(x - self.x_hat, key(i))
         got = ctx.comm.exchange(payload, peers) if peers else {}
         q_i = self.Q.decode(payload, x.numel(), key(i)).to(x.dtype)     # the copy the neighbours decode
         self.x_hat.add_(q_i)
-        self.s.add_(q_i, alpha=float(w[i, i]))
+        self.s.add_(q_i, alpha=plan.w_self)
         for j in sorted(got):
-            self.s.add_(self.Q.decode(got[j], x.numel(), key(j)).to(x.dtype), alpha=float(w[i, j]))
+            self.s.add_(self.Q.decode(got[j], x.numel(), key(j)).to(x.dtype), alpha=plan.w_peers[j])
         x.add_(self.s - self.x_hat, alpha=self.gamma)
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class GradientTracking(Strategy):
     def after_step(self, ctx: Context) -> None:
         x, graph = ctx.worker.flat_params(), ctx.graph()
         both = torch.cat([x, self.y])       # (x_i - alpha y_i, y_i): one message per neighbour
-        gossip(ctx.comm, both, MixPlan.from_matrix(self.weights(graph), ctx.rank, graph.neighbors(ctx.rank)))
+        gossip(ctx.comm, both, MixPlan.from_rows(self.weights(graph), ctx.rank))
         x.copy_(both[:x.numel()])
         self.y.copy_(both[x.numel():])
 
