@@ -7,9 +7,12 @@ strategy's hooks cannot drift from the order the runtime really uses.
 from __future__ import annotations
 
 import itertools
+import json
 import socket
+import sys
 from typing import Any, Callable
 
+import pytest
 import torch
 
 from distlib.comm.sim import SimWorld
@@ -96,3 +99,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cli_in_process(argv: list[str], monkeypatch: Any, capsys: Any) -> tuple[int, list[str]]:
+    """``distlib-train ARGV`` through the real entry point in this process (fast): its exit status
+    and the lines it printed on stderr."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from distlib import cli
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["distlib-train", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def comparable(summary: dict) -> dict:
+    """summary.json without what legitimately differs between two runs of the same config:
+    wall time and the resume setting itself."""
+    s = json.loads(json.dumps(summary))
+    s.pop("time", None)
+    s["config"].pop("resume", None)
+    for h in s["history"]:
+        h.pop("wall_s", None)
+    return s

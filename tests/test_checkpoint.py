@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
+from support import comparable
 
 from distlib import checkpoint as ckpt
 from distlib.errors import CheckpointError, DivergenceError
@@ -58,16 +59,6 @@ ALGORITHMS = {
 # -- helpers -----------------------------------------------------------------------------------
 def params(trainer) -> dict[int, torch.Tensor]:
     return {r: w.flat_params().detach().clone() for r, w in sorted(trainer.workers.items())}
-
-
-def comparable(summary: dict) -> dict:
-    """summary.json without what legitimately differs: wall time and the resume setting itself."""
-    s = json.loads(json.dumps(summary))
-    s.pop("time", None)
-    s["config"].pop("resume", None)
-    for h in s["history"]:
-        h.pop("wall_s", None)
-    return s
 
 
 def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
-from support import free_port
-from test_checkpoint import comparable
+from support import comparable, free_port
 
 from distlib import checkpoint as ckpt
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, make_cfg, run_training
+from support import comparable
 
 from distlib import checkpoint as ckpt
 from distlib import interrupt
@@ -24,16 +25,6 @@ from distlib.interrupt import Interrupted
 from distlib.worker import Worker
 
 RUN = (*TINY, "workers=4", "batch_size=16", "cluster.step_time_s=0.01", "eval_every=3", "checkpoint.every=4")
-
-
-def comparable(summary: dict) -> dict:
-    """summary.json without what legitimately differs: wall time and the resume setting."""
-    s = json.loads(json.dumps(summary))
-    s.pop("time", None)
-    s["config"].pop("resume", None)
-    for h in s["history"]:
-        h.pop("wall_s", None)
-    return s
 
 
 @pytest.fixture

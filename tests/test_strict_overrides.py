@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
-from hydra.core.global_hydra import GlobalHydra
+from support import cli_in_process
 
 SMALL = (*TINY, "workers=4", "max_steps=2")
 
@@ -27,25 +27,15 @@ CASES = [
 ]
 
 
-def _cli(args: list[str], run_dir: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
-    from distlib import cli
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["distlib-train", *SMALL, *args, f"hydra.run.dir={run_dir}"])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
-
-
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_unknown_key_is_one_line_with_the_closest_key(tmp_path, monkeypatch, capsys, args, expected):
-    code, err = _cli(args, tmp_path / "run", monkeypatch, capsys)
+    code, err = cli_in_process([*SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert (code, err) == (2, [expected])
     assert not (tmp_path / "run" / "summary.json").exists()      # stopped before any work
 
 
 def test_a_key_with_nothing_close_lists_the_valid_keys(tmp_path, monkeypatch, capsys):
-    code, err = _cli(["+foo=1"], tmp_path / "run", monkeypatch, capsys)
+    code, err = cli_in_process([*SMALL, "+foo=1", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2 and len(err) == 1
     assert err[0].startswith("config error: foo: unknown config key; the keys are: ")
     keys = err[0].split("the keys are: ")[1].split(", ")

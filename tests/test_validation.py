@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, make_cfg
-from hydra.core.global_hydra import GlobalHydra
+from support import cli_in_process
 from omegaconf import OmegaConf
 
 from distlib import schema
@@ -66,19 +66,9 @@ BAD = [
 ]
 
 
-def _cli_in_process(args: list[str], run_dir: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
-    from distlib import cli
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["distlib-train", *SMALL, *args, f"hydra.run.dir={run_dir}"])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
-
-
 @pytest.mark.parametrize("args,expected", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_gives_one_line_naming_the_field(tmp_path, monkeypatch, capsys, args, expected):
-    code, err = _cli_in_process(args, tmp_path / "run", monkeypatch, capsys)
+    code, err = cli_in_process([*SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("config error: ") and expected in err[0], err
     assert not (tmp_path / "run" / "summary.json").exists()      # failed before any work
@@ -87,7 +77,7 @@ def test_bad_input_gives_one_line_naming_the_field(tmp_path, monkeypatch, capsys
 def test_workers_must_equal_the_world_size(tmp_path, monkeypatch, capsys):
     for k, v in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
         monkeypatch.setenv(k, v)
-    code, err = _cli_in_process(["backend=torch"], tmp_path / "run", monkeypatch, capsys)
+    code, err = cli_in_process([*SMALL, "backend=torch", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2 and len(err) == 1
     assert re.search(r"config error: workers: .*\b4\b.* has 2 processes", err[0]), err[0]   # both numbers
 
