@@ -166,3 +166,30 @@ def test_deterministic_holds_during_the_run_and_is_restored_after(tmp_path):
                           "max_steps=1"), tmp_path / "off")
     assert SEEN == [True, True, False, False]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+# -- compile ---------------------------------------------------------------------------------------
+def test_without_compile_the_worker_calls_its_model_itself(tmp_path):
+    trainer = Trainer(make_cfg(*TINY, "workers=2"), tmp_path)
+    ctx, _ = trainer._build_worker(trainer.backend.world.comms[0])
+    assert ctx.worker._forward is ctx.worker.model     # the default run is the one before compile existed
+
+
+@pytest.mark.slow
+def test_compiled_run_equals_eager_and_compiles_once_for_all_workers(tmp_path):
+    """About a minute on a CPU the first time (inductor builds C++ kernels; later runs hit its cache)."""
+    from torch._dynamo.utils import counters
+    pytest.importorskip("torch._inductor")
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    run = (*TINY, "workers=4", "max_steps=3", "checkpoint.enabled=false")
+    compiled, _ = run_training(make_cfg(*run, "compile=true"), tmp_path / "compiled")
+    for w in compiled.workers.values():    # torch.compile wraps the model; the parameters stay the model's
+        assert isinstance(w._forward, torch._dynamo.eval_frame.OptimizedModule) and w._forward._orig_mod is w.model
+        assert not any(k.startswith("_orig_mod") for k in w.state_dict()["model"])     # checkpoints unchanged
+    # one graph for training and one for evaluation (eval mode), shared by the 4 workers
+    assert counters["stats"]["unique_graphs"] - before == 2
+    eager, _ = run_training(make_cfg(*run), tmp_path / "eager")
+    for r in range(4):
+        torch.testing.assert_close(compiled.workers[r].flat_params(), eager.workers[r].flat_params(),
+                                   rtol=1e-5, atol=1e-6)
