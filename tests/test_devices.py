@@ -193,3 +193,25 @@ def test_compiled_run_equals_eager_and_compiles_once_for_all_workers(tmp_path):
     for r in range(4):
         torch.testing.assert_close(compiled.workers[r].flat_params(), eager.workers[r].flat_params(),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_hold_cpu_tensors_and_resume_with_another_device_setting(tmp_path):
+    """``device`` may change on resume (a GPU checkpoint resumes on a CPU: tests/test_cuda.py);
+    the files hold CPU tensors only, whatever device wrote them."""
+    from distlib import checkpoint as ckpt
+    run = (*TINY, "workers=3", "max_steps=6", "checkpoint.every=3", "checkpoint.keep=2", "checkpoint.epoch_end=false")
+    whole, _ = run_training(make_cfg(*run, "device=cpu"), tmp_path / "whole")
+    step3 = tmp_path / "whole" / "checkpoints" / "step_00000003"
+    shard = ckpt.load_file(ckpt.shards(step3)[0])
+
+    def devices(obj):
+        if isinstance(obj, torch.Tensor):
+            return {obj.device.type}
+        values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else []
+        return set().union(*map(devices, values)) if values else set()
+    assert devices(shard) == {"cpu"}
+    resumed, _ = run_training(make_cfg(*run, "device=auto", f"resume={step3}"), tmp_path / "resumed")
+    exact = not torch.cuda.is_available()     # auto is the CPU here: bit for bit
+    for r in range(3):
+        torch.testing.assert_close(resumed.workers[r].flat_params().cpu(), whole.workers[r].flat_params(),
+                                   rtol=0 if exact else 1e-4, atol=0 if exact else 1e-6)

@@ -339,10 +339,11 @@ class TorchBackend(Backend):
                 _leave(ok)
 
     def device_of(self, rank: int, kind: str) -> torch.device:
-        """One GPU per process: the one of this rank's LOCAL_RANK (made the current device)."""
+        """One GPU per process: visible GPU LOCAL_RANK (mod their number, so that gloo ranks
+        may share a GPU; NCCL needs one each), made the current device."""
         if kind == "cpu":
             return torch.device("cpu")
-        device = torch.device("cuda", self.local_rank)
+        device = torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(device)
         return device
 
