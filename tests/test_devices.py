@@ -49,14 +49,18 @@ class _Spy:
             spy.seen += [("exchange", self_.rank, t.device) for t in got.values()]
             return got
 
+        # Model messages (parameters, gradients: float32); a protocol's control scalars
+        # (float64: versions, steps) are received into CPU tensors of its own.
         def recv_(self_, tensor, src, tag=0):
             out = recv(self_, tensor, src, tag)
-            spy.seen.append(("recv", self_.rank, out.device))
+            if out.dtype == torch.float32:
+                spy.seen.append(("recv", self_.rank, out.device))
             return out
 
         def recv_any_(self_, tensor, srcs, tag=0, poll=False):
             src = recv_any(self_, tensor, srcs, tag, poll)
-            spy.seen.append(("recv_any", self_.rank, tensor.device))
+            if tensor.dtype == torch.float32 and src is not None:
+                spy.seen.append(("recv_any", self_.rank, tensor.device))
             return src
         monkeypatch.setattr(Batches, "next", next_)
         monkeypatch.setattr(SimCommunicator, "exchange", exchange_)

@@ -276,7 +276,7 @@ class SimCommunicator(Communicator):
             if msg.arrival > self.counters.clock:
                 self.counters.comm_time += msg.arrival - self.counters.clock
                 self.counters.clock = msg.arrival
-        return msg.data if self.device is None else msg.data.to(self.device)
+        return msg.data
 
     def _wait_for(self, what: str, srcs: Sequence[int], tag: Any) -> None:
         self._flush()
@@ -289,7 +289,9 @@ class SimCommunicator(Communicator):
         for p in peers:
             self._post(tensor, p, "exchange")
         self._wait_for(f"exchange(peers={peers})", peers, "exchange")
-        return {p: self._take(p, "exchange") for p in peers}
+        # Delivered on this worker's device (its peer may sit on another GPU); a receive into
+        # a tensor lands wherever that tensor is.
+        return {p: self._take(p, "exchange").to(self.device or tensor.device) for p in peers}
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._post(tensor, dst, ("p2p", tag))
