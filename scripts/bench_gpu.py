@@ -14,7 +14,7 @@ downloaded), 8 workers, D-PSGD on a ring, for each model and batch size b per wo
 Samples per second count every worker's samples (8 b per step) between the end of the warm-up
 steps and the end of the last step (the last worker's). On CUDA the defaults are ResNet-20 and
 the CIFAR ResNet-50 at b = 16 and 128; on a CPU (no GPU here) small sizes so that it still
-runs: ResNet-20 at b = 4 and 16 and 3 steps. scripts/check_gpu.sh runs it on a GPU machine.
+runs: ResNet-20 at b = 4 and 5 steps. scripts/check_gpu.sh runs it on a GPU machine.
 
     python scripts/bench_gpu.py [--device auto|cpu|cuda] [--models resnet20 resnet50]
                                 [--batches 16 128] [--steps 20] [--warmup 5] [--out bench_results/bench_gpu.json]
@@ -94,8 +94,10 @@ def bench_sim(device: torch.device, model: str, b: int, steps: int, warmup: int,
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as run_dir:
         Trainer(cfg, run_dir).run()
-    # From the first worker's end of warm-up to the last worker's end: never flatters the sim.
-    t0 = min(TIMES[(r, warmup - 1)] for r in range(N))
+    # From the end of the warm-up to the end of the last step, both of the worker that ends
+    # last: in between every worker did steps - warmup steps (plus or minus the skew
+    # between workers, which the warm-up has already built up).
+    t0 = max(TIMES[(r, warmup - 1)] for r in range(N))
     t1 = max(TIMES[(r, steps - 1)] for r in range(N))
     out = _rates(N * b * (steps - warmup), t0, t1)
     if device.type == "cuda":
@@ -174,17 +176,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--models", nargs="+", default=None, help="default: resnet20 resnet50 (cuda), resnet20 (cpu)")
-    ap.add_argument("--batches", type=int, nargs="+", default=None, help="per worker; default 16 128 (cuda), 4 16 (cpu)")
-    ap.add_argument("--steps", type=int, default=None, help="default 20 (cuda), 3 (cpu)")
-    ap.add_argument("--warmup", type=int, default=None, help="default 5 (cuda), 1 (cpu)")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="per worker; default 16 128 (cuda), 4 (cpu)")
+    ap.add_argument("--steps", type=int, default=None, help="default 20 (cuda), 5 (cpu)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 5 (cuda), 2 (cpu)")
     ap.add_argument("--out", default="bench_results/bench_gpu.json")
     args = ap.parse_args()
     kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device("cuda", 0) if kind == "cuda" else torch.device("cpu")
     gpu = kind == "cuda"
     models = args.models or (["resnet20", "resnet50"] if gpu else ["resnet20"])
-    batches = args.batches or ([16, 128] if gpu else [4, 16])
-    steps, warmup = args.steps or (20 if gpu else 3), args.warmup or (5 if gpu else 1)
+    batches = args.batches or ([16, 128] if gpu else [4])
+    steps, warmup = args.steps or (20 if gpu else 5), args.warmup or (5 if gpu else 2)
     results: dict = {"device": torch.cuda.get_device_name(device) if gpu else "cpu", "workers": N,
                      "steps": steps, "warmup": warmup, "torch": torch.__version__,
                      "torch_threads": torch.get_num_threads(), "runs": []}

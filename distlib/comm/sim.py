@@ -6,8 +6,8 @@ with the smallest (virtual clock, rank). Exactly one worker runs at a time and a
 depend only on the order of messages on each channel, so a run is deterministic.
 
 Torch keeps some state per OS thread rather than per worker (the CPU RNG, grad mode) and one
-CUDA RNG per GPU; the hub swaps them at every switch so each worker sees only its own. Switches happen only inside
-communication calls, never inside autograd's backward pass.
+CUDA RNG per GPU; the hub swaps them at every switch so each worker sees only its own.
+Switches happen only inside communication calls, never inside autograd's backward pass.
 """
 from __future__ import annotations
 
