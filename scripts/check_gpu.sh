@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 12 in one go, for a machine with CUDA (under 5 minutes on one H200):
+# The GPU checks of issue 12 in one go, for a machine with CUDA (at most 150 + 140 s: under 5 minutes):
 #   1. every test marked `cuda` (tests/test_cuda.py, and the cuda cases of test_devices.py and
 #      test_precision.py: placement, float16 skipped steps), which CI without a GPU skips;
 #   2. scripts/bench_gpu.py on the GPU, writing bench_results/bench_gpu.json.
@@ -13,9 +13,12 @@ export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}    # determin
 "$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| devices:', torch.cuda.device_count(), '| torch', torch.__version__)"
 
 start=$SECONDS
-timeout 200 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_devices.py tests/test_precision.py
-echo "cuda tests: $((SECONDS - start)) s"
+tests=0      # the benchmark runs even when a test fails; the script's status is the tests'
+timeout 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_devices.py \
+    tests/test_precision.py || tests=$?
+echo "cuda tests: $((SECONDS - start)) s (status $tests)"
 
 start=$SECONDS
-timeout 240 "$PY" scripts/bench_gpu.py --device cuda --out bench_results/bench_gpu.json
+timeout 140 "$PY" scripts/bench_gpu.py --device cuda --out bench_results/bench_gpu.json
 echo "bench_gpu.py: $((SECONDS - start)) s"
+exit $tests
