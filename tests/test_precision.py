@@ -39,14 +39,16 @@ SABOTAGE = {(1, 1): 1e35, (1, 2): float("inf")}
 RECORD: dict[tuple[int, int], dict] = {}
 
 
-@STRATEGIES.register("test_fp16_sabotage")
-class _Sabotage(STRATEGIES.get("local_sgd")):  # type: ignore[misc]
-    """Local SGD whose worker 1 overflows at steps 1 and 2; records x_i and the scale around
-    every local update."""
+class _SabotageHooks:
+    """Worker 1 overflows at the steps of SABOTAGE (every step with ``always``); x_i and the
+    scale are recorded around every local update."""
+
+    always = False
 
     def before_step(self, ctx: Context) -> None:
+        super().before_step(ctx)  # type: ignore[misc]
         w = ctx.worker
-        factor = SABOTAGE.get((ctx.rank, ctx.step))
+        factor = float("inf") if self.always and ctx.rank == 1 else SABOTAGE.get((ctx.rank, ctx.step))
         if not hasattr(w, "clean_loss"):
             w.clean_loss = w.loss_fn
         w.loss_fn = w.clean_loss if factor is None else (lambda out, y, f=factor: w.clean_loss(out, y) * f)
@@ -54,11 +56,26 @@ class _Sabotage(STRATEGIES.get("local_sgd")):  # type: ignore[misc]
     def local_update(self, ctx: Context) -> None:
         w = ctx.worker
         if w.scaler is None:
-            return super().local_update(ctx)
+            return super().local_update(ctx)  # type: ignore[misc]
         rec = {"x": w.flat_params().clone(), "scale": w.scaler.get_scale(), "overflowed": w.overflowed}
-        super().local_update(ctx)
+        super().local_update(ctx)  # type: ignore[misc]
         rec.update(x_after=w.flat_params().clone(), scale_after=w.scaler.get_scale())
         RECORD[(ctx.rank, ctx.step)] = rec
+
+
+@STRATEGIES.register("test_fp16_sabotage")
+class _Sabotage(_SabotageHooks, STRATEGIES.get("local_sgd")):  # type: ignore[misc]
+    pass
+
+
+@STRATEGIES.register("test_fp16_sabotage_allreduce")
+class _SabotageAllReduce(_SabotageHooks, STRATEGIES.get("allreduce_sgd")):  # type: ignore[misc]
+    pass
+
+
+@STRATEGIES.register("test_fp16_always_overflows")
+class _AlwaysOverflows(_SabotageHooks, STRATEGIES.get("local_sgd")):  # type: ignore[misc]
+    always = True
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -79,6 +96,27 @@ def test_fp16_skips_an_overflowing_step_on_that_worker_only(tmp_path, device):
     # the skipped steps' losses are not averaged into the train loss, which stays finite
     assert torch.isfinite(torch.tensor(summary["final"]["train_loss"]))
     assert trainer.workers[1].overflows == 0        # step 3 was finite again
+
+
+def test_fp16_allreduce_skips_everywhere_when_one_gradient_overflows(tmp_path):
+    """AllReduce-SGD averages worker 1's overflowed g_i into everyone's gradient: every worker
+    skips that step (the replicas stay equal), only worker 1's scaler lowers its scale."""
+    RECORD.clear()
+    cfg = make_cfg(*TINY, "algorithm=allreduce_sgd", "algorithm.name=test_fp16_sabotage_allreduce", "workers=3",
+                   "max_steps=4", "precision=16-mixed", "checkpoint.enabled=false")
+    trainer, _ = run_training(cfg, tmp_path)
+    for (rank, step), rec in RECORD.items():
+        assert torch.equal(rec["x"], rec["x_after"]) == (step in (1, 2)), (rank, step)
+        assert rec["scale_after"] == (2.0 ** 16 if rank != 1 else 2.0 ** 16 / 2 ** min(max(step, 0), 2)), (rank, step)
+    for r in (1, 2):
+        assert torch.equal(trainer.workers[r].flat_params(), trainer.workers[0].flat_params())
+
+
+def test_fp16_overflowing_31_times_in_a_row_is_divergence(tmp_path):
+    cfg = make_cfg(*TINY, "algorithm=local_sgd", "algorithm.name=test_fp16_always_overflows", "workers=2",
+                   "max_steps=40", "precision=16-mixed", "checkpoint.enabled=false")
+    with pytest.raises(DivergenceError, match=r"^loss became inf on worker 1 at step 30 "):
+        run_training(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("precision", [32, "bf16-mixed"])
