@@ -64,7 +64,7 @@ class ADPSGD(AsyncStrategy):
         self.active = active[ctx.rank]
         self.partners = [j for j in g.neighbors(ctx.rank) if active[j] != self.active]
         self.rng = np.random.default_rng([ctx.seed, ctx.rank])
-        self.seen = torch.zeros(ctx.world_size, dtype=ctx.worker.flat_params().dtype)  # steps done per worker
+        self.seen = ctx.worker.flat_params().new_zeros(ctx.world_size)  # steps done per worker, on x_i's device
 
     def keep_training(self, ctx: Context) -> bool:
         return float(self.seen.sum()) < ctx.world_size * ctx.total_steps

@@ -51,10 +51,15 @@ class MixPlan:
 
 def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torch.Tensor]:
     """Exchange x_i with ``plan.peers`` and mix in place. Returns what came in ({} if no peers:
-    a worker with no active link sends and receives nothing)."""
+    a worker with no active link sends and receives nothing).
+
+    With ``comm.message_dtype`` (``comm.dtype=bfloat16|float16``) x_i is sent rounded to it
+    (and counted at its size); the mix is computed in x_i's own precision, with x_i itself
+    unrounded."""
     if not plan.peers:
         return {}
-    got = comm.exchange(x, plan.peers)
+    low = comm.message_dtype
+    got = comm.exchange(x if low is None or low == x.dtype else x.to(low), plan.peers)
     mix_into(x, got, plan.w_self, plan.w_peers)
     return got
 

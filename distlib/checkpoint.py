@@ -38,9 +38,10 @@ META = "meta.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 #: Config fields that may differ between a checkpoint and the run resuming it: they change how
-#: long the run goes, what it records, or how it is launched, not the trajectory itself.
+#: long the run goes, what it records, or how it is launched, not the trajectory itself
+#: (``device``, ``compile``: a checkpoint written on a GPU resumes on a CPU and back).
 RESUMABLE_CHANGES = ("max_steps", "epochs", "eval_every", "eval", "log", "checkpoint", "resume",
-                     "backend", "imports", "hydra")
+                     "device", "compile", "backend", "imports", "hydra")
 
 
 #: Fields that say what the run is; a mismatch names them first.

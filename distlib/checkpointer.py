@@ -104,7 +104,7 @@ class Checkpointer:
                 ckpt.begin(self.root, step)
             self._pending[rank] = ckpt.plain({
                 "worker": worker.state_dict(), "strategy": strategy.state_dict(),
-                "counters": comm.counters.state_dict(), "loop": asdict(loop), "rng": _rng_state()},
+                "counters": comm.counters.state_dict(), "loop": asdict(loop), "rng": _rng_state(worker)},
                 f"worker {rank}")
             finite = float(bool(torch.isfinite(worker.flat_params()).all()))
             flags = comm.all_gather(torch.tensor([finite], dtype=torch.float64))   # also a barrier
@@ -137,7 +137,7 @@ class Checkpointer:
             ctx.worker.load_state_dict(state["worker"])
             strategy.load_state_dict(state["strategy"])
             comm.counters.load_state_dict(state["counters"])
-            _set_rng_state(state["rng"])
+            _set_rng_state(state["rng"], ctx.worker)
             if logger is not None:
                 logger.load_state_dict(self.meta["logger"])
         self._restored.add(rank)
@@ -194,15 +194,21 @@ def _broadcast_text(comm: "Communicator", text: str) -> str:
     return bytes(comm.broadcast(buf, src=0).tolist()).decode()
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(worker: Any) -> dict[str, Any]:
+    """The running worker's streams: the CPU one, and its own GPU's when it computes on one."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
+    device = getattr(worker, "device", None)
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], worker: Any) -> None:
+    """Restore the worker's streams. Resumed on another kind of device, the CUDA stream of a
+    GPU checkpoint is dropped (a CPU has none) and a GPU resuming a CPU checkpoint keeps the
+    stream seeded when the worker was built."""
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    device = getattr(worker, "device", None)
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 

@@ -104,6 +104,11 @@ class LogConfig:
 
 
 @dataclass
+class CommConfig:
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"    # gossip messages travel in this dtype
+
+
+@dataclass
 class TrainConfig:
     # null: DEFAULT_WORKERS simulated workers, or under torchrun (backend=torch) one per process
     # (WORLD_SIZE less the algorithm's service ranks); resolved by distlib.config.resolve_workers
@@ -117,6 +122,11 @@ class TrainConfig:
     imports: list[str] = rule([])                   # your modules that register strategies, models, ...
     resume: Union[bool, str, None] = rule(None, allowed="true (the latest checkpoint), auto (the latest if "
                                                          "any), a checkpoint path, or null")
+    device: Literal["auto", "cpu", "cuda"] = "auto"     # auto: cuda if available, else cpu (distlib/device.py)
+    precision: Literal[32, "bf16-mixed", "16-mixed"] = 32   # Lightning's names; parameters stay fp32
+    compile: bool = False                           # torch.compile each worker's model
+    deterministic: bool = False                     # torch.use_deterministic_algorithms for the run
+    comm: CommConfig = field(default_factory=CommConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -41,13 +41,18 @@ def train_step(ctx: "Context", strategy: "Strategy", loop: LoopState, step_time:
     ctx.loss = worker.forward_backward()            # g_i at x_i, on the next mini-batch
     if step_time is not None:                       # g_i is ready step_time / speed later
         comm.add_compute(step_time)
-    if not math.isfinite(ctx.loss):
+    finite = math.isfinite(ctx.loss)
+    # A float16 overflow is not divergence: the worker's GradScaler skips the step (x_i is
+    # unchanged) and lowers its scale; only a worker with a scaler can report one.
+    if not finite and not getattr(worker, "overflowed", False):
         raise DivergenceError(f"loss became {ctx.loss} on worker {ctx.rank} at step {ctx.step} "
                               f"(last finite loss {loop.last_finite:.6g}); lower optim.lr")
-    loop.last_finite = ctx.loss
+    if finite:
+        loop.last_finite = ctx.loss
     strategy.after_backward(ctx)
     strategy.local_update(ctx)                      # default: x_i <- x_i - gamma g_i
     strategy.after_step(ctx)
-    loop.loss_sum, loop.loss_count = loop.loss_sum + ctx.loss, loop.loss_count + 1
+    if finite:      # a skipped float16 step has no loss to average
+        loop.loss_sum, loop.loss_count = loop.loss_sum + ctx.loss, loop.loss_count + 1
     if (ctx.step + 1) % ctx.steps_per_epoch == 0:
         strategy.end_epoch(ctx)

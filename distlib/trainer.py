@@ -23,6 +23,8 @@ from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
+from distlib.data.datasets import on_device
+from distlib.device import comm_dtype, deterministic, device_kind
 from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
@@ -58,6 +60,7 @@ class Trainer:
         algo = validate(cfg)    # every value checked before any work; the algorithm, built once
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.device_kind = device_kind(cfg.get("device", "auto"))   # device=cuda without CUDA stops here
         n = cfg.workers
         self.topology = build_topology(cfg.topology, n)
         self.cluster = ClusterModel.from_config(cfg.cluster, n)
@@ -93,7 +96,8 @@ class Trainer:
         Raises :class:`Interrupted` when a signal stopped the synchronous loop early (see
         :mod:`distlib.interrupt`), after its checkpoint."""
         try:
-            with interrupt.polling(self._loop == self._train):
+            with interrupt.polling(self._loop == self._train), \
+                    deterministic(bool(self.cfg.get("deterministic", False))):
                 summary = self.backend.run(self._loop)
         finally:
             if self.logger is not None:
@@ -157,20 +161,27 @@ class Trainer:
         torch.manual_seed(init_seed)
         model = MODELS.build(cfg.model.name, params_of(cfg.model), input_shape=self.dataset.input_shape,
                              num_classes=self.dataset.num_classes)
+        # Built on the CPU (the same x_0 on every device), then moved to this worker's device,
+        # where everything it touches lives: data, optimizer state, received messages.
+        comm.device = device = self.backend.device_of(rank, self.device_kind)
+        comm.message_dtype = comm_dtype((cfg.get("comm") or {}).get("dtype"))
+        model.to(device)
         # From here on this worker's own stream drives dropout and the like.
         torch.manual_seed(seed_for(cfg.seed, "rng", rank))
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
-        batches = self.dataset.train.batches(self.shards[rank % cfg.workers], cfg.batch_size,
-                                             seed_for(cfg.seed, "data", rank))
+        batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
+                                                                seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
-        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
+        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn,
+                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)))
         strategy: Strategy | Service = build_strategy(cfg.algorithm)
         if rank >= cfg.workers:
             assert isinstance(strategy, AsyncStrategy)
             strategy = strategy.make_service()
         ctx = Context(worker, comm, self.topology, steps_per_epoch=self.steps_per_epoch,
                       total_steps=self.total_steps, seed=seed_for(cfg.seed, "strategy"), lr=self.lr,
-                      workers=cfg.workers, eval_every=self.eval_every, test_set=self.dataset.test,
+                      workers=cfg.workers, eval_every=self.eval_every,
+                      test_set=on_device(self.dataset.test, device),
                       checkpoint_due=self.checkpointer.due, compressor=build_compressor(cfg.get("compression")))
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
@@ -195,7 +206,8 @@ class Trainer:
             dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss if has_loss else 0.0,
                                                  float(has_loss)], dtype=torch.float64), op="sum")
             dist[0], dist[1] = dist[0] / comm.world_size, dist[1] / max(float(dist[2]), 1.0)
-            own = worker.evaluate(self.dataset.test) if self.cfg.eval.per_worker else None
+            test = on_device(self.dataset.test, worker.device)     # copied there once
+            own = worker.evaluate(test) if self.cfg.eval.per_worker else None
             c = comm.counters
             per_worker = torch.tensor([own.accuracy if own else float("nan"), c.bytes_sent, c.bytes_recv,
                                        c.clock], dtype=torch.float64)
@@ -206,7 +218,7 @@ class Trainer:
                                          op="mean") if names else torch.zeros(0)
             if comm.rank != 0:
                 return {}
-            avg = worker.evaluate(self.dataset.test, params=xbar)
+            avg = worker.evaluate(test, params=xbar)
         record: dict[str, Any] = {
             "step": ctx.step + 1, "epoch": (ctx.step + 1) / self.steps_per_epoch,
             "train_loss": float(dist[1]), "test_loss": avg.loss, "test_accuracy": avg.accuracy,

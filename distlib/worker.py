@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from distlib.data.datasets import BatchStream, Split
+from distlib.device import autocast, grad_scaler
 from distlib.flat import flatten_module
+
+#: float16 steps skipped in a row, beyond which a non-finite loss is divergence, not overflow
+#: (the GradScaler has by then divided its scale by 2^30)
+MAX_OVERFLOWS = 30
 
 
 @dataclass
@@ -18,17 +23,33 @@ class EvalResult:
 
 
 class Worker:
-    """Holds one replica. The local step is split so Strategies can act between phases."""
+    """Holds one replica. The local step is split so Strategies can act between phases.
+
+    Everything lives on the model's device (move the model there first): the flat buffers,
+    the optimizer state, the mini-batches (moved there if the stream yields them elsewhere).
+    ``precision``: 32, ``bf16-mixed`` or ``16-mixed`` (distlib.device); ``compile``: run
+    the forward pass through ``torch.compile`` (the parameters remain ``model``'s).
+    """
 
     def __init__(self, rank: int, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                 batches: BatchStream, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+                 batches: BatchStream, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                 precision: Any = 32, compile: bool = False) -> None:
         self.rank = rank
         self.model = model
         self._flat, self._grad = flatten_module(model)
+        self.device = self._flat.device
         self.optimizer = make_optimizer(model)
         self.batches = batches
         self.loss_fn = loss_fn
         self.last_loss = float("nan")
+        self.precision = precision
+        # torch.compile caches by code, and with parameters as graph inputs (torch >= 2.5) the
+        # workers of one architecture reuse the first one's compiled graph.
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile else model
+        self.scaler = grad_scaler(precision, self.device)
+        self._unscaled = False      # unscale_ ran since the scaler's last update()
+        #: float16 steps in a row whose g_i overflowed (the scaler skips them)
+        self.overflows = 0
 
     # -- flat views ------------------------------------------------------------------------
     def flat_params(self) -> torch.Tensor:
@@ -45,17 +66,46 @@ class Worker:
 
     # -- the local step --------------------------------------------------------------------
     def forward_backward(self) -> float:
-        """Draw the next mini-batch, compute the loss and the gradient g_i at x_i."""
+        """Draw the next mini-batch, compute the loss and the gradient g_i at x_i (unscaled:
+        with a GradScaler, strategies see the true g_i)."""
         x, y = self.batches.next()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)    # no-ops when there
         self.model.train()
         self._grad.zero_()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
+        with autocast(self.precision, self.device):
+            loss = self.loss_fn(self._forward(x), y)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self._scaled_backward(loss)
         self.last_loss = loss.item()   # .item() synchronises on GPU; needed for logging anyway
         return self.last_loss
 
+    def _scaled_backward(self, loss: torch.Tensor) -> None:
+        if self._unscaled:      # the last step's optimizer step was not taken here (e.g. async_ps)
+            self.scaler.update()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self._unscaled = True
+        self.overflows = 0 if bool(torch.isfinite(self._grad).all()) else self.overflows + 1
+
+    @property
+    def overflowed(self) -> bool:
+        """This step's g_i overflowed in float16: the scaler skips the step (a non-finite loss
+        is then not divergence, unless it happened MAX_OVERFLOWS times in a row)."""
+        return 0 < self.overflows <= MAX_OVERFLOWS
+
     def optimizer_step(self) -> None:
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        # Skip the step when g is not finite: this worker's own g_i overflowed, or a peer's
+        # overflow came in through communication (AllReduce-SGD); x_i stays as it was.
+        if bool(torch.isfinite(self._grad).all()):
+            self.optimizer.step()
+        if self._unscaled:      # halves the scale after an overflow of g_i, else may grow it
+            self.scaler.update()
+            self._unscaled = False
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -76,8 +126,11 @@ class Worker:
             self.model.eval()
             total_loss, correct, count = 0.0, 0, 0
             for x, y in data.eval_batches(batch_size):
-                out = self.model(x)
-                total_loss += float(self.loss_fn(out, y)) * len(y)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with autocast(self.precision, self.device):
+                    out = self._forward(x)
+                    loss = self.loss_fn(out, y)
+                total_loss += float(loss) * len(y)
                 if data.num_classes:
                     correct += int((out.argmax(1) == y).sum())
                 count += len(y)
@@ -89,12 +142,17 @@ class Worker:
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "batches": self.batches.state_dict(), "last_loss": self.last_loss}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "batches": self.batches.state_dict(), "last_loss": self.last_loss}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])   # copies in place: the flat views survive
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])     # moves its state to the parameters' device
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["batches"])
         self.last_loss = state["last_loss"]
 

@@ -94,6 +94,11 @@ class Communicator(ABC):
     counters: Counters
     #: the training step in progress, set by the trainer; named in communication errors
     step: int = -1
+    #: this worker's device (set by the trainer): tensors it receives are delivered there;
+    #: None: where the sender's tensor was
+    device: torch.device | None = None
+    #: the dtype gossip messages travel in (``comm.dtype``; distlib.averaging); None: x_i's own
+    message_dtype: torch.dtype | None = None
 
     # -- collectives (every worker must call them, in the same order) ---------------------
     @abstractmethod
@@ -204,6 +209,11 @@ class Backend:
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run ``fn`` for every local rank; return rank 0's result (None in other processes)."""
         raise NotImplementedError
+
+    def device_of(self, rank: int, kind: str) -> torch.device:
+        """Where worker ``rank`` computes when the run's device kind is ``kind`` (cpu or cuda):
+        by default the first GPU; backends that spread workers over GPUs override this."""
+        return torch.device("cpu") if kind == "cpu" else torch.device("cuda", 0)
 
 
 #: ``sim``: all workers in this process (distlib/comm/sim.py); ``torch``: one worker per

@@ -101,17 +101,18 @@ class DistCommunicator(Communicator):
     """This process's worker, talking to the others through the default process group.
 
     The process group must already be initialised (``TorchBackend.run`` does it).
-    ``device``: where tensors travel (a CUDA device for NCCL; CPU tensors are staged
-    there and copied back); None sends tensors as they are (gloo).
+    ``wire``: the device tensors travel on (this rank's GPU for NCCL, the CPU for gloo); a
+    tensor elsewhere is staged there and copied back: a worker on its GPU sends its tensors
+    themselves over NCCL, and only CUDA tensors over gloo are staged through the CPU.
     """
 
-    def __init__(self, timeout_s: float, device: torch.device | None = None) -> None:
+    def __init__(self, timeout_s: float, wire: torch.device | None = None) -> None:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.counters = Counters()
         self.timeout_s = float(timeout_s)
         self.timeout = timedelta(seconds=self.timeout_s)
-        self.device = device
+        self.wire = wire or torch.device("cpu")
         self._seg = time.perf_counter()     # start of the current compute segment
         self._pending_sends: list[_DistHandle] = []
         self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
@@ -150,8 +151,8 @@ class DistCommunicator(Communicator):
     def _wire(self, t: torch.Tensor) -> torch.Tensor:
         """The tensor torch.distributed gets: ``t`` itself when possible, else a staged copy."""
         w = t.detach()
-        if self.device is not None and w.device != self.device:
-            return w.to(self.device)
+        if w.device != self.wire:
+            return w.to(self.wire)
         return w if w.is_contiguous() else w.contiguous()
 
     @staticmethod
@@ -215,7 +216,7 @@ class DistCommunicator(Communicator):
 
     def barrier(self) -> None:
         with self._op("barrier()"):
-            ids = [self.device.index] if self.device is not None and self.device.type == "cuda" else None
+            ids = [self.wire.index] if self.wire.type == "cuda" else None
             self._wait(dist.barrier(async_op=True, device_ids=ids))
 
     # -- neighbour exchange -----------------------------------------------------------------
@@ -233,8 +234,9 @@ class DistCommunicator(Communicator):
             ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
             if ops:
                 self._wait(dist.batch_isend_irecv(ops))
-        if self.device is not None and tensor.device != self.device:
-            got = {p: g.to(tensor.device) for p, g in got.items()}
+        home = self.device or tensor.device    # delivered on this worker's device
+        if got and w.device != home:
+            got = {p: g.to(home) for p, g in got.items()}
         return got
 
     # -- point to point ---------------------------------------------------------------------
@@ -330,6 +332,7 @@ class TorchBackend(Backend):
         self.dist = dist
         # NCCL moves CUDA tensors only: CPU tensors are staged onto this rank's GPU.
         self.device = torch.device("cuda", self.local_rank) if dist == "nccl" else None
+        self.wire = self.device or torch.device("cpu")
         self.comm: DistCommunicator | None = None
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
@@ -339,7 +342,7 @@ class TorchBackend(Backend):
             self._join()
         ok = False
         try:
-            self.comm = comm = DistCommunicator(self.timeout_s, self.device)
+            self.comm = comm = DistCommunicator(self.timeout_s, self.wire)
             # Every rank meets once before any point-to-point traffic: the first batched
             # P2P call of a group must not be the one that sets up its connections (NCCL).
             with comm.uncounted():
@@ -353,6 +356,15 @@ class TorchBackend(Backend):
         finally:
             if owns_group:
                 _leave(ok)
+
+    def device_of(self, rank: int, kind: str) -> torch.device:
+        """One GPU per process: visible GPU LOCAL_RANK (mod their number, so that gloo ranks
+        may share a GPU; NCCL needs one each), made the current device."""
+        if kind == "cpu":
+            return torch.device("cpu")
+        device = torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+        return device
 
     def _join(self) -> None:
         """Join the default process group from the torchrun environment (env://)."""

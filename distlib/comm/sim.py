@@ -5,9 +5,9 @@ call that cannot complete yet switches back to the hub, which resumes the runnab
 with the smallest (virtual clock, rank). Exactly one worker runs at a time and all results
 depend only on the order of messages on each channel, so a run is deterministic.
 
-Torch keeps some state per OS thread rather than per worker (the CPU RNG, grad mode); the
-hub swaps it at every switch so each worker sees only its own. Switches happen only inside
-communication calls, never inside autograd's backward pass.
+Torch keeps some state per OS thread rather than per worker (the CPU RNG, grad mode) and one
+CUDA RNG per GPU; the hub swaps them at every switch so each worker sees only its own.
+Switches happen only inside communication calls, never inside autograd's backward pass.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import greenlet
 import torch
 
 from distlib.comm.base import BACKENDS, Backend, Communicator, Counters, Handle, collective_bytes, nbytes
-from distlib.errors import DeadlockError
+from distlib.errors import ConfigError, DeadlockError
 from distlib.network import NetworkModel
 
 
@@ -62,12 +62,14 @@ class SimWorld:
         self._hub: greenlet.greenlet | None = None
         self._rng: list[torch.Tensor] = []
         self._grad: list[bool] = []
+        self._cuda_rng: dict[int, torch.Tensor] = {}
 
     # -- running ---------------------------------------------------------------------------
     def run(self, fn: Callable[[int], Any]) -> list[Any]:
         """Run ``fn(rank)`` for every rank to completion; return their results in rank order."""
         self._hub = greenlet.getcurrent()
         hub_rng, hub_grad = torch.get_rng_state(), torch.is_grad_enabled()
+        hub_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self._rng = [hub_rng.clone() for _ in range(self.n)]
         self._grad = [hub_grad] * self.n
         results: list[Any] = [None] * self.n
@@ -81,17 +83,32 @@ class SimWorld:
                 self._blocked.pop(r, None)
                 torch.set_rng_state(self._rng[r])
                 torch.set_grad_enabled(self._grad[r])
+                self._cuda_rng_in(r)
                 self.comms[r]._seg = time.perf_counter()
                 glets[r].switch()
                 self._rng[r] = torch.get_rng_state()
                 self._grad[r] = torch.is_grad_enabled()
+                self._cuda_rng_out(r)
         finally:
             for g in glets:     # unwind workers left blocked (after an error elsewhere)
                 if not g.dead:
                     g.throw(greenlet.GreenletExit)
             torch.set_rng_state(hub_rng)
             torch.set_grad_enabled(hub_grad)
+            if hub_cuda is not None:
+                torch.cuda.set_rng_state_all(hub_cuda)
         return results
+
+    # A CUDA generator's state is its seed and Philox offset, both kept on the host: reading
+    # and writing it launches no kernel and does not synchronise with the device.
+    def _cuda_rng_out(self, r: int) -> None:
+        dev = self.comms[r].device
+        if dev is not None and dev.type == "cuda":
+            self._cuda_rng[r] = torch.cuda.get_rng_state(dev)
+
+    def _cuda_rng_in(self, r: int) -> None:
+        if r in self._cuda_rng:     # a worker that never ran has not seeded its stream yet
+            torch.cuda.set_rng_state(self._cuda_rng[r], self.comms[r].device)
 
     def _wrap(self, fn: Callable[[int], Any], rank: int, results: list[Any]) -> Callable[[], None]:
         def body() -> None:
@@ -208,7 +225,8 @@ class SimCommunicator(Communicator):
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         def combine(c: _Collective) -> None:
-            stacked = torch.stack([c.tensors[r] for r in range(self.world.n)])
+            home = c.tensors[0].device     # workers may sit on different GPUs
+            stacked = torch.stack([c.tensors[r].to(home) for r in range(self.world.n)])
             red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / self.world.n,
                    "max": lambda s: s.max(0).values, "min": lambda s: s.min(0).values}[op](stacked)
             for t in c.tensors.values():
@@ -235,7 +253,7 @@ class SimCommunicator(Communicator):
         out = self._collective("all_gather", tensor.detach().clone(),
                                lambda c: [c.tensors[r] for r in range(n)],
                                self.world.network.all_gather(nbytes(tensor), n))
-        return [t.clone() for t in out]
+        return [t.to(tensor.device, copy=True) for t in out]
 
     def barrier(self) -> None:
         self._collective("barrier", torch.zeros(0), lambda c: None, 0.0)
@@ -271,7 +289,9 @@ class SimCommunicator(Communicator):
         for p in peers:
             self._post(tensor, p, "exchange")
         self._wait_for(f"exchange(peers={peers})", peers, "exchange")
-        return {p: self._take(p, "exchange") for p in peers}
+        # Delivered on this worker's device (its peer may sit on another GPU); a receive into
+        # a tensor lands wherever that tensor is.
+        return {p: self._take(p, "exchange").to(self.device or tensor.device) for p in peers}
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._post(tensor, dst, ("p2p", tag))
@@ -336,7 +356,15 @@ class SimBackend(Backend):
     """All workers in one process, run cooperatively and deterministically."""
 
     def __init__(self, workers: int, network: NetworkModel | None = None,
-                 speeds: list[float] | None = None) -> None:
+                 speeds: list[float] | None = None, devices: list[int] | None = None) -> None:
+        """``devices``: the visible GPUs to spread workers over with device=cuda (worker r on
+        ``devices[r % len(devices)]``); null: every visible GPU."""
+        if devices is not None and (not isinstance(devices, (list, tuple)) or not devices
+                                    or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in devices)):
+            raise ConfigError(f"backend.devices: must be a non-empty list of GPU indices >= 0 or null, "
+                              f"got {devices!r}")
+        self.devices = None if devices is None else list(devices)
         self.world_size = workers
         self.local_ranks = list(range(workers))
         self.world = SimWorld(workers, network)
@@ -346,3 +374,14 @@ class SimBackend(Backend):
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         return self.world.run(lambda r: fn(self.world.comms[r]))[0]
+
+    def device_of(self, rank: int, kind: str) -> torch.device:
+        """Worker r on visible GPU r mod k (k GPUs, or ``devices``), all on the CPU with cpu."""
+        if kind == "cpu":
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        gpus = self.devices if self.devices is not None else list(range(count))
+        bad = [d for d in gpus if d >= count]
+        if bad:
+            raise ConfigError(f"backend.devices: GPU {bad[0]} is not visible (this machine shows {count})")
+        return torch.device("cuda", gpus[rank % len(gpus)])

@@ -13,7 +13,7 @@ serve exact convergence tests.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -62,9 +62,20 @@ class DataSplit:
     num_classes: int    # 0 for regression
     # Per-batch training augmentation (x, generator) -> x, drawn from the worker's generator.
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    _copies: dict[torch.device, "DataSplit"] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def to(self, device: torch.device | str) -> "DataSplit":
+        """This split with its tensors on ``device``: copied there once, then reused by every
+        worker on that device (so no mini-batch crosses from the host per step)."""
+        device = torch.device(device)
+        if self.x.device == device:
+            return self
+        if device not in self._copies:
+            self._copies[device] = DataSplit(self.x.to(device), self.y.to(device), self.num_classes, self.augment)
+        return self._copies[device]
 
     def labels(self) -> np.ndarray:
         return self.y.numpy()
@@ -91,6 +102,13 @@ class Dataset:
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", "dataset")
+
+
+def on_device(split: Split, device: torch.device) -> Split:
+    """``split`` on ``device``: an in-memory split's copy there (made once); a streamed split
+    as it is (the worker moves its batches)."""
+    to = getattr(split, "to", None)
+    return to(device) if to is not None else split
 
 
 def holdout(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +176,9 @@ class Batches:
     """An endless stream of mini-batches from one worker's shard, reshuffled every pass.
 
     The order comes from the worker's own generator, so it is reproducible from the seed
-    and can be saved and restored exactly.
+    and can be saved and restored exactly. The generator and the order stay on the CPU (the
+    same numbers on every device); the order is copied to the data's device once per pass
+    and the gather (and augmentation) happens there.
     """
 
     def __init__(self, data: DataSplit, indices: np.ndarray, batch_size: int, seed: int) -> None:
@@ -168,16 +188,19 @@ class Batches:
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
-        self._order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
-        self._pos = 0
+        self._set_order(self.indices[torch.randperm(len(self.indices), generator=self.gen)], 0)
+
+    def _set_order(self, order: torch.Tensor, pos: int) -> None:
+        self._order, self._pos = order, pos
+        self._order_on = order.to(self.data.x.device)     # the order itself on the CPU
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._pos + self.batch_size > len(self._order):
             # Carry the tail over so no sample of a pass is skipped.
             rest = self._order[self._pos:]
             fresh = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
-            self._order, self._pos = torch.cat([rest, fresh]), 0
-        idx = self._order[self._pos:self._pos + self.batch_size]
+            self._set_order(torch.cat([rest, fresh]), 0)
+        idx = self._order_on[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
         x = self.data.x[idx]
         if self.data.augment is not None:
@@ -189,4 +212,4 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
-        self._order, self._pos = state["order"].clone(), int(state["pos"])
+        self._set_order(state["order"].clone(), int(state["pos"]))

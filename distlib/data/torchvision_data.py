@@ -48,14 +48,16 @@ def crop_flip(padding: int, fill: torch.Tensor) -> Callable[[torch.Tensor, torch
     """
     def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, c, h, w = x.shape
-        padded = fill.view(1, c, 1, 1).expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+        dev = x.device      # the draws come from the worker's CPU generator; the crop runs on x's device
+        padded = fill.to(dev).view(1, c, 1, 1).expand(b, c, h + 2 * padding, w + 2 * padding).clone()
         padded[:, :, padding:padding + h, padding:padding + w] = x
-        off = torch.randint(0, 2 * padding + 1, (b, 2), generator=gen)
-        flip = torch.rand(b, generator=gen) < 0.5
-        rows = (off[:, 0:1] + torch.arange(h)).view(b, 1, h, 1)
-        cols = off[:, 1:2] + torch.arange(w)
+        off = torch.randint(0, 2 * padding + 1, (b, 2), generator=gen).to(dev)
+        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+        rows = (off[:, 0:1] + torch.arange(h, device=dev)).view(b, 1, h, 1)
+        cols = off[:, 1:2] + torch.arange(w, device=dev)
         cols = torch.where(flip[:, None], cols.flip(1), cols).view(b, 1, 1, w)
-        return padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+        return padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                      rows, cols]
     return augment
 
 
