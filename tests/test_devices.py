@@ -22,6 +22,8 @@ SHIPPED = {
     "allreduce_sgd": [], "dpsgd": [], "local_sgd": ["algorithm.period=2"],
     "matcha": ["topology=erdos_renyi", "topology.p=0.7"], "al_dsgd": ["algorithm.period=2"],
     "async_ps": ["cluster.step_time_s=0.01"], "ad_psgd": ["cluster.step_time_s=0.01"],
+    "choco_sgd": ["compression=topk", "compression.ratio=0.1"], "gradient_tracking": [],
+    "diloco": ["algorithm.H=2"], "sgp": ["algorithm.overlap=1"],
 }
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -79,6 +81,14 @@ def _tensors_of(worker) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def _state_tensors(state, where: str = "strategy") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of more than one element in a strategy's state_dict (nested dicts and lists)."""
+    if isinstance(state, torch.Tensor):
+        return [(where, state)] if state.dim() > 0 and state.numel() > 1 else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    return [t for k, v in items for t in _state_tensors(v, f"{where}.{k}")]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", sorted(SHIPPED))
 def test_every_tensor_of_every_worker_is_on_its_device(tmp_path, monkeypatch, algo, device):
@@ -89,8 +99,9 @@ def test_every_tensor_of_every_worker_is_on_its_device(tmp_path, monkeypatch, al
     want = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
     for rank, worker in trainer.workers.items():
         assert worker.device == want
-        tensors = _tensors_of(worker)
-        assert any(k.startswith("optimizer") for k, _ in tensors) or algo == "async_ps"    # its workers never step
+        tensors = _tensors_of(worker) + _state_tensors(trainer.strategies[rank].state_dict())
+        # async_ps's workers never step; DiLoCo's inner optimizer is its own (in its state)
+        assert any(k.startswith(("optimizer", "strategy.adamw")) for k, _ in tensors) or algo == "async_ps"
         wrong = [(k, t.device) for k, t in tensors if t is not None and t.device != want]
         assert not wrong, f"worker {rank}: {wrong}"
     kinds = {k for k, _, _ in spy.seen}
