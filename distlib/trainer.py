@@ -146,7 +146,7 @@ class Trainer:
                                         progress=log.progress, total_steps=self.total_steps,
                                         every_n_steps=log.get("every_n_steps"), sweep=self.sweep,
                                         local_workers=sum(r < self.cfg.workers for r in self.backend.local_ranks))
-                self.logger.banner(ctx.worker.flat_params().numel(), self.cfg.get("device", "cpu"))
+                self.logger.banner(ctx.worker.flat_params().numel(), str(ctx.worker.device))
         strategy.setup(ctx)
         self.checkpointer.agree(comm)     # under torchrun: rank 0's checkpoint directory and source
         logger = self.logger if comm.rank == 0 else None
