@@ -1,6 +1,7 @@
 """Neighbour averaging, the one piece every decentralized Strategy shares."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -53,14 +54,27 @@ def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torc
     return got
 
 
+#: W per (graph, kind, alpha), shared by every worker of this process (n simulated workers hold
+#: one matrix per graph, not n); an entry goes when its graph does.
+_SHARED: "weakref.WeakKeyDictionary[Graph, dict[tuple[str, float | None], np.ndarray]]" = \
+    weakref.WeakKeyDictionary()
+
+
 class WeightCache:
-    """Mixing matrices per graph, computed once (time-varying topologies repeat graphs)."""
+    """Mixing matrices per graph, computed once per process (time-varying topologies repeat
+    graphs); read-only, since every worker shares them."""
 
     def __init__(self, kind: str = "metropolis", alpha: float | None = None) -> None:
         self.kind, self.alpha = kind, alpha
-        self._cache: dict[Graph, np.ndarray] = {}
+        self._last: tuple[Graph, np.ndarray] | None = None
 
     def __call__(self, graph: Graph) -> np.ndarray:
-        if graph not in self._cache:
-            self._cache[graph] = mixing_matrix(graph, self.kind, self.alpha)
-        return self._cache[graph]
+        if self._last is not None and self._last[0] is graph:
+            return self._last[1]        # the usual case; skips hashing the graph's edges
+        per_graph = _SHARED.setdefault(graph, {})
+        w = per_graph.get((self.kind, self.alpha))
+        if w is None:
+            w = per_graph[(self.kind, self.alpha)] = mixing_matrix(graph, self.kind, self.alpha)
+            w.setflags(write=False)
+        self._last = (graph, w)
+        return w
