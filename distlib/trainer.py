@@ -26,7 +26,7 @@ from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
 from distlib.protocol import AsyncStrategy, Service
-from distlib.seeding import seed_for
+from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState, train_step
 from distlib.strategy import Context, Strategy
 from distlib.topology import Topology, build_topology
@@ -78,6 +78,7 @@ class Trainer:
             self._loop = AsyncLoop(self, algo)
         self.workers, self.strategies, self.logger = {}, {}, None
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
+        self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
         self.eval_ranks = _eval_sample(cfg)
 
     # -- the run ---------------------------------------------------------------------------
@@ -133,13 +134,13 @@ class Trainer:
         else:
             model = self._build_model(seed_for(cfg.seed, "init", rank))
         # From here on this worker's own stream drives dropout and the like.
-        torch.manual_seed(seed_for(cfg.seed, "rng", rank))
+        seed_torch(seed_for(cfg.seed, "rng", rank))
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = self.dataset.train.batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                              seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
         worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn)
-        strategy: Strategy | Service = build_strategy(cfg.algorithm)
+        strategy: Strategy | Service = build_strategy(self._algorithm)
         if rank >= cfg.workers:
             assert isinstance(strategy, AsyncStrategy)
             strategy = strategy.make_service()
@@ -151,7 +152,7 @@ class Trainer:
         return ctx, strategy
 
     def _build_model(self, init_seed: int) -> nn.Module:
-        torch.manual_seed(init_seed)
+        seed_torch(init_seed)
         return MODELS.build(self.cfg.model.name, params_of(self.cfg.model), input_shape=self.dataset.input_shape,
                             num_classes=self.dataset.num_classes)
 

@@ -281,12 +281,12 @@ class SimCommunicator(Communicator):
         self._collective("barrier", torch.zeros(0), lambda c: None, lambda: 0.0)
 
     # -- messages --------------------------------------------------------------------------
-    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
+    def _post(self, tensor: torch.Tensor, dst: int, tag: Any, data: torch.Tensor | None = None) -> None:
         if not 0 <= dst < self.world.n or dst == self.rank:
             raise ValueError(f"worker {self.rank}: invalid peer {dst}")
         self._flush()
         # A snapshot, because the sender may change its tensor before the peer reads it.
-        data = tensor.detach().clone()
+        data = tensor.detach().clone() if data is None else data
         delay = self.world.network.transfer(nbytes(data), self.rank, dst) if self._counting else 0.0
         self.world.channel(self.rank, dst, tag).append(_Message(data, self.counters.clock + delay))
         self.world.wake(dst)
@@ -309,8 +309,9 @@ class SimCommunicator(Communicator):
 
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         peers = list(peers)
+        snapshot = tensor.detach().clone() if peers else None   # one for all peers: they only read it
         for p in peers:
-            self._post(tensor, p, "exchange")
+            self._post(tensor, p, "exchange", snapshot)
         self._wait_for(f"exchange(peers={peers})", peers, "exchange")
         return {p: self._take(p, "exchange") for p in peers}
 
