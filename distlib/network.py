@@ -84,6 +84,8 @@ class NetworkModel:
 
     def transfer(self, nbytes: int, src: int = -1, dst: int = -1) -> float:
         """Seconds for one message of ``nbytes`` from ``src`` to ``dst``."""
+        if not self._nodes and not self._links:     # every link is the default one
+            return self._default.seconds(nbytes)
         return self.link(src, dst).seconds(nbytes)
 
     def _ring_step(self, nbytes: int, n: int) -> float:
