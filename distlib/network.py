@@ -84,10 +84,16 @@ class NetworkModel:
 
     def transfer(self, nbytes: int, src: int = -1, dst: int = -1) -> float:
         """Seconds for one message of ``nbytes`` from ``src`` to ``dst``."""
+        if not self._nodes and not self._links:     # every link is the default one
+            return self._default.seconds(nbytes)
         return self.link(src, dst).seconds(nbytes)
 
     def _ring_step(self, nbytes: int, n: int) -> float:
-        """One round of a ring over ranks 0..n-1: every link carries nbytes; the slowest sets the pace."""
+        """One round of a ring over ranks 0..n-1: every link carries nbytes; the slowest sets the pace.
+
+        O(n) link look-ups, once per collective; O(1) when every link is the default one."""
+        if not self._nodes and not self._links:
+            return self.transfer(nbytes)
         return max(self.transfer(nbytes, i, (i + 1) % n) for i in range(n))
 
     def all_reduce(self, nbytes: int, n: int) -> float:

@@ -94,6 +94,7 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     per_worker: bool = True     # evaluate every worker's own model too (accuracy spread)
+    per_worker_sample: Optional[int] = rule(None, ge=1)     # only k workers, a seeded sample; null = all
 
 
 @dataclass

@@ -6,6 +6,7 @@ backend runs it once per worker: all of them in this process (simulated) or one 
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,7 @@ from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
 from distlib.protocol import AsyncStrategy, Service
-from distlib.seeding import seed_for
+from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState, train_step
 from distlib.strategy import Context, Strategy
 from distlib.topology import Topology, build_topology
@@ -88,6 +89,9 @@ class Trainer:
         self.workers, self.strategies, self.logger = {}, {}, None
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
+        self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
+        self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
+        self.eval_ranks = _eval_sample(cfg)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
@@ -157,24 +161,26 @@ class Trainer:
 
     def _build_worker(self, comm: Communicator) -> tuple[Context, Strategy | Service]:
         cfg, rank = self.cfg, comm.rank
-        init_seed = seed_for(cfg.seed, "init", rank if cfg.init == "per_worker" else None)
-        torch.manual_seed(init_seed)
-        model = MODELS.build(cfg.model.name, params_of(cfg.model), input_shape=self.dataset.input_shape,
-                             num_classes=self.dataset.num_classes)
+        if cfg.init == "same":      # one initialisation for all: built once per process, then copied
+            if self._init_model is None:
+                self._init_model = self._build_model(seed_for(cfg.seed, "init"))
+            model = copy.deepcopy(self._init_model)
+        else:
+            model = self._build_model(seed_for(cfg.seed, "init", rank))
         # Built on the CPU (the same x_0 on every device), then moved to this worker's device,
         # where everything it touches lives: data, optimizer state, received messages.
         comm.device = device = self.backend.device_of(rank, self.device_kind)
         comm.message_dtype = comm_dtype((cfg.get("comm") or {}).get("dtype"))
         model.to(device)
         # From here on this worker's own stream drives dropout and the like.
-        torch.manual_seed(seed_for(cfg.seed, "rng", rank))
+        seed_torch(seed_for(cfg.seed, "rng", rank))
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
         worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn,
                         precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)))
-        strategy: Strategy | Service = build_strategy(cfg.algorithm)
+        strategy: Strategy | Service = build_strategy(self._algorithm)
         if rank >= cfg.workers:
             assert isinstance(strategy, AsyncStrategy)
             strategy = strategy.make_service()
@@ -185,6 +191,11 @@ class Trainer:
                       checkpoint_due=self.checkpointer.due, compressor=build_compressor(cfg.get("compression")))
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
+
+    def _build_model(self, init_seed: int) -> nn.Module:
+        seed_torch(init_seed)
+        return MODELS.build(self.cfg.model.name, params_of(self.cfg.model), input_shape=self.dataset.input_shape,
+                            num_classes=self.dataset.num_classes)
 
     def _header(self) -> dict[str, Any]:
         c = self.cfg
@@ -207,17 +218,19 @@ class Trainer:
                                                  float(has_loss)], dtype=torch.float64), op="sum")
             dist[0], dist[1] = dist[0] / comm.world_size, dist[1] / max(float(dist[2]), 1.0)
             test = on_device(self.dataset.test, worker.device)     # copied there once
-            own = worker.evaluate(test) if self.cfg.eval.per_worker else None
+            own = worker.evaluate(test) if self.cfg.eval.per_worker and (
+                self.eval_ranks is None or comm.rank in self.eval_ranks) else None
             c = comm.counters
             per_worker = torch.tensor([own.accuracy if own else float("nan"), c.bytes_sent, c.bytes_recv,
                                        c.clock], dtype=torch.float64)
-            table = torch.stack(comm.all_gather(per_worker))
+            gathered = comm.all_gather(per_worker)
             extra = strategy.scalars()
             names = sorted(extra)
             extra_mean = comm.all_reduce(torch.tensor([extra[k] for k in names], dtype=torch.float64),
                                          op="mean") if names else torch.zeros(0)
             if comm.rank != 0:
                 return {}
+            table = torch.stack(gathered)
             avg = worker.evaluate(test, params=xbar)
         record: dict[str, Any] = {
             "step": ctx.step + 1, "epoch": (ctx.step + 1) / self.steps_per_epoch,
@@ -229,10 +242,21 @@ class Trainer:
             "bytes_recv_per_worker": [int(b) for b in table[:, 2]],
         }
         if self.cfg.eval.per_worker:
-            record.update(worker_accuracy_min=float(table[:, 0].min()), worker_accuracy_max=float(table[:, 0].max()),
-                          worker_accuracy_mean=float(table[:, 0].mean()))
+            acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
+            record.update(worker_accuracy_min=float(acc.min()), worker_accuracy_max=float(acc.max()),
+                          worker_accuracy_mean=float(acc.mean()))
         record.update({k: float(v) for k, v in zip(names, extra_mean)})
         return record
+
+
+def _eval_sample(cfg: DictConfig) -> frozenset[int] | None:
+    """The training ranks whose own models are evaluated (``eval.per_worker_sample``, drawn
+    once from the run's seed); None: every rank."""
+    k = cfg.eval.get("per_worker_sample")
+    if k is None or k >= cfg.workers:
+        return None
+    pick = np.random.default_rng(seed_for(cfg.seed, "eval")).choice(cfg.workers, size=k, replace=False)
+    return frozenset(int(r) for r in pick)
 
 
 def _optimizer(o: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -121,7 +121,8 @@ class Communicator(ABC):
 
     @abstractmethod
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every worker's ``tensor``, in rank order."""
+        """Every worker's ``tensor``, in rank order: read-only snapshots (the simulator hands
+        the same n snapshots to every worker)."""
 
     @abstractmethod
     def barrier(self) -> None: ...

@@ -5,12 +5,18 @@ call that cannot complete yet switches back to the hub, which resumes the runnab
 with the smallest (virtual clock, rank). Exactly one worker runs at a time and all results
 depend only on the order of messages on each channel, so a run is deterministic.
 
+Every cost of the hub grows linearly with the number of workers n: runnable workers wait in a
+heap keyed by (virtual time, rank), and a blocked worker is looked at again only when
+something it may wait for happens (a message posted to it, a collective completing); a
+collective combines its tensors once and times itself with the network model once.
+
 Torch keeps some state per OS thread rather than per worker (the CPU RNG, grad mode) and one
 CUDA RNG per GPU; the hub swaps them at every switch so each worker sees only its own.
 Switches happen only inside communication calls, never inside autograd's backward pass.
 """
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -59,6 +65,12 @@ class SimWorld:
         self.collectives: dict[int, _Collective] = {}
         self._blocked: dict[int, _Block] = {}
         self._done: set[int] = set()
+        # The run queue: heap entries (time, rank, version); only an entry whose version is the
+        # rank's current one is live. Ranks whose state may have changed wait in _dirty until
+        # the hub next chooses, which re-reads their state and pushes a fresh entry.
+        self._queue: list[tuple[float, int, int]] = []
+        self._version: list[int] = [0] * n
+        self._dirty: set[int] = set()
         self._hub: greenlet.greenlet | None = None
         self._rng: list[torch.Tensor] = []
         self._grad: list[bool] = []
@@ -73,6 +85,7 @@ class SimWorld:
         self._rng = [hub_rng.clone() for _ in range(self.n)]
         self._grad = [hub_grad] * self.n
         results: list[Any] = [None] * self.n
+        self._queue, self._version, self._dirty = [], [0] * self.n, set(range(self.n))
         glets = [greenlet.greenlet(run=self._wrap(fn, r, results), parent=self._hub)
                  for r in range(self.n)]
         try:
@@ -125,17 +138,37 @@ class SimWorld:
         return body
 
     def _next_runnable(self) -> int | None:
-        best = None
-        for r in range(self.n):
-            if r in self._done:
-                continue
-            b = self._blocked.get(r)
-            if b is not None and not b.ready():
-                continue
-            key = (b.at() if b is not None and b.at is not None else self.comms[r].counters.clock, r)
-            if best is None or key < best[0]:
-                best = (key, r)
-        return None if best is None else best[1]
+        """The runnable worker with the smallest (time, rank): its clock, or ``at()`` for a
+        worker blocked with one. The same choice as scanning every worker, in O(log n)."""
+        for r in self._dirty:
+            self._requeue(r)
+        self._dirty.clear()
+        q = self._queue
+        while q:
+            _, r, version = heapq.heappop(q)
+            if version == self._version[r] and r not in self._done:
+                return r
+        return None
+
+    def _requeue(self, r: int) -> None:
+        self._version[r] += 1       # any older entry of r is stale from now on
+        if r in self._done:
+            return
+        b = self._blocked.get(r)
+        if b is not None and not b.ready():
+            return      # woken again by whatever it waits for (wake)
+        at = b.at() if b is not None and b.at is not None else self.comms[r].counters.clock
+        if len(self._queue) > 4 * self.n + 64:     # drop stale entries now and then
+            self._queue = [e for e in self._queue if e[2] == self._version[e[1]]]
+            heapq.heapify(self._queue)
+        heapq.heappush(self._queue, (at, r, self._version[r]))
+
+    def wake(self, rank: int) -> None:
+        """Something ``rank`` may be blocked on happened: look at it again before choosing.
+
+        A blocked worker's readiness and time change only through a message posted to it or
+        a collective completing (which also sets the clocks), and both call this."""
+        self._dirty.add(rank)
 
     def _deadlock_message(self) -> str:
         parts = []
@@ -160,6 +193,7 @@ class SimWorld:
         if ready() and at is None:
             return
         self._blocked[rank] = _Block(what, ready, waiting_for, at)
+        self.wake(rank)
         assert self._hub is not None, "SimCommunicator used outside SimWorld.run"
         self._hub.switch()
 
@@ -199,7 +233,9 @@ class SimCommunicator(Communicator):
 
     # -- collectives -----------------------------------------------------------------------
     def _collective(self, kind: str, tensor: torch.Tensor, combine: Callable[[_Collective], Any],
-                    cost: float, extra: Any = None) -> Any:
+                    cost: Callable[[], float], extra: Any = None) -> Any:
+        """Join collective call #seq; the last worker to join combines the tensors once and
+        charges everyone the modelled ``cost()`` after the last arrival."""
         self._flush()
         seq, self._seq = self._seq, self._seq + 1
         coll = self.world.collectives.setdefault(seq, _Collective(kind, extra=extra))
@@ -212,10 +248,12 @@ class SimCommunicator(Communicator):
             coll.result = combine(coll)
             coll.done = True
             if self._counting:
-                t = max(c.counters.clock for c in self.world.comms) + cost
+                t = max(c.counters.clock for c in self.world.comms) + cost()
                 for c in self.world.comms:
                     c.counters.comm_time += t - c.counters.clock
                     c.counters.clock = t
+            for r in range(self.world.n):
+                self.world.wake(r)
         self.world.block(self.rank, f"{kind}() (collective #{seq})", lambda: coll.done,
                          lambda: [r for r in range(self.world.n) if r not in coll.tensors])
         coll.tensors.pop(self.rank, None)
@@ -234,7 +272,7 @@ class SimCommunicator(Communicator):
         n = self.world.n
         self._count(*collective_bytes("all_reduce", tensor, n, self.rank))
         self._collective("all_reduce", tensor, combine,
-                         self.world.network.all_reduce(nbytes(tensor), n), extra=op)
+                         lambda: self.world.network.all_reduce(nbytes(tensor), n), extra=op)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -244,29 +282,33 @@ class SimCommunicator(Communicator):
                     t.copy_(c.tensors[src])
         self._count(*collective_bytes("broadcast", tensor, self.world.n, self.rank, src))
         self._collective("broadcast", tensor, combine,
-                         self.world.network.broadcast(nbytes(tensor), self.world.n), extra=src)
+                         lambda: self.world.network.broadcast(nbytes(tensor), self.world.n), extra=src)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every worker's snapshot, in rank order. The snapshots are shared by all workers
+        (one copy per worker, not n): read them, do not write to them."""
         n = self.world.n
         self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         out = self._collective("all_gather", tensor.detach().clone(),
                                lambda c: [c.tensors[r] for r in range(n)],
-                               self.world.network.all_gather(nbytes(tensor), n))
-        return [t.to(tensor.device, copy=True) for t in out]
+                               lambda: self.world.network.all_gather(nbytes(tensor), n))
+        # the shared read-only snapshots; copied only for a worker on another device
+        return [t if t.device == tensor.device else t.to(tensor.device) for t in out]
 
     def barrier(self) -> None:
-        self._collective("barrier", torch.zeros(0), lambda c: None, 0.0)
+        self._collective("barrier", torch.zeros(0), lambda c: None, lambda: 0.0)
 
     # -- messages --------------------------------------------------------------------------
-    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
+    def _post(self, tensor: torch.Tensor, dst: int, tag: Any, data: torch.Tensor | None = None) -> None:
         if not 0 <= dst < self.world.n or dst == self.rank:
             raise ValueError(f"worker {self.rank}: invalid peer {dst}")
         self._flush()
         # A snapshot, because the sender may change its tensor before the peer reads it.
-        data = tensor.detach().clone()
+        data = tensor.detach().clone() if data is None else data
         delay = self.world.network.transfer(nbytes(data), self.rank, dst) if self._counting else 0.0
         self.world.channel(self.rank, dst, tag).append(_Message(data, self.counters.clock + delay))
+        self.world.wake(dst)
         self._count(nbytes(data), 0)
 
     def _take(self, src: int, tag: Any) -> torch.Tensor:
@@ -286,8 +328,9 @@ class SimCommunicator(Communicator):
 
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         peers = list(peers)
+        snapshot = tensor.detach().clone() if peers else None   # one for all peers: they only read it
         for p in peers:
-            self._post(tensor, p, "exchange")
+            self._post(tensor, p, "exchange", snapshot)
         self._wait_for(f"exchange(peers={peers})", peers, "exchange")
         # Delivered on this worker's device (its peer may sit on another GPU); a receive into
         # a tensor lands wherever that tensor is.

@@ -1,0 +1,290 @@
+"""How the simulated backend scales with the number of workers n, measured side by side.
+
+D-PSGD (Metropolis weights) on a ring and on an exponential graph, n = 8, 64, 256, 1024; MLP
+784-200-10 (159,010 parameters) on the embedded digits, batch 32 per worker, SGD with momentum.
+The 4,000 training digits are tiled (repeated) so every worker's shard holds 40 of them; the
+data only has to have that shape, the run is timed, not judged.
+
+- sim:  distlib's Trainer on the simulated backend (greenlets, hooks, byte counters, clocks);
+- hand: a hand-written loop over the n models: each draws its batch, steps its optimizer;
+        then every model is mixed, x_i <- W_ii x_i + sum_j W_ij x_j, from one copy of all the
+        parameters (the models' parameters are rows of one n x P tensor). The same arithmetic
+        as the simulator's gossip (in place, one snapshot per worker) and faster than a sparse
+        matrix product W X on this CPU.
+
+Per (graph, n), in a fresh process (so its peak RSS is its own):
+
+- steady-state samples/s of both (n * 32 per step), from the end of the warm-up step on every
+  worker to the end of the last step on every worker, and their ratio sim / hand;
+- time per worker-step (1 / steps per second / n), and its ratio at n = 1024 against n = 64;
+- build + first evaluation: Trainer construction plus every worker's build, and the first
+  evaluation (the averaged model on the test set, consensus distance, byte counters; the own
+  models of ``eval.per_worker_sample`` workers), from the first worker entering it to the last
+  leaving it (all workers have finished training by then: a barrier ends the last step);
+- peak RSS of the process, minus the RSS before the Trainer was built, per worker.
+
+The sim and the hand loop run in alternating rounds in the same process; the figure kept is
+each one's best round (other programs on a busy machine can only slow a round down). torch
+runs one thread by default (``--threads``): on a machine whose cores are shared, OpenMP teams
+wait for descheduled threads.
+
+    python scripts/bench_scale.py [--workers 8 64 256 1024] [--graphs ring exponential]
+                                  [--worker-steps 2048] [--rounds 2] [--out bench_results/bench_scale.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BATCH = 32
+PER_WORKER = 40             # training samples per worker (the digits, tiled)
+EVAL_SAMPLE = 16            # eval.per_worker_sample
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KiB on Linux
+
+
+def _now() -> tuple[float, float]:
+    """(wall, CPU) seconds. CPU time of this process is what another program on a busy machine
+    does not inflate; torch runs one thread, so it is close to the wall time on an idle core."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t0: tuple[float, float]) -> tuple[float, float]:
+    t1 = _now()
+    return t1[0] - t0[0], t1[1] - t0[1]
+
+
+def _pair(values) -> dict[str, float]:
+    wall, cpu = values
+    return {"wall": wall, "cpu": cpu}
+
+
+def _load() -> list[float]:
+    return list(os.getloadavg())
+
+
+# -- one configuration, in its own process ---------------------------------------------------
+def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[str, Any]:
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from distlib.algorithms.dpsgd import DPSGD
+    from distlib.config import register_configs
+    from distlib.data import DATASETS, Dataset
+    from distlib.data.datasets import DataSplit, embedded_mnist
+    from distlib.strategy import STRATEGIES, Context
+    from distlib.trainer import Trainer
+
+    digits = embedded_mnist()
+    copies = -(-n * PER_WORKER // len(digits.train))
+    tr = digits.train
+    tiled = Dataset(DataSplit(tr.x.repeat(copies, 1, 1, 1), tr.y.repeat(copies), 10), digits.test,
+                    digits.input_shape, 10, "digits_tiled")
+    if "bench_digits" not in DATASETS:
+        DATASETS.register("bench_digits")(lambda **_: tiled)
+
+    marks: dict[str, tuple[float, float]] = {}
+
+    total = warmup + steps
+
+    @STRATEGIES.register("bench_scale_dpsgd")
+    class TimedDPSGD(DPSGD):
+        """D-PSGD exactly, plus a barrier (not counted: no bytes, no virtual time) after the
+        warm-up and after the last step, where the clock is read. Without them the window
+        would be ill-defined: on a ring, worker 0 may run steps ahead of worker n/2."""
+
+        def after_step(self, ctx: Context) -> None:
+            super().after_step(ctx)
+            if ctx.step in (warmup - 1, total - 1):
+                with ctx.comm.uncounted():
+                    ctx.comm.barrier()
+                marks.setdefault(f"sync{ctx.step}", _now())     # the first to pass
+
+    register_configs()
+
+    def config(workers: int, steps: int):
+        with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
+            return compose("train", overrides=[
+                "algorithm=dpsgd", "algorithm.name=bench_scale_dpsgd", f"workers={workers}", f"topology={graph}",
+                "model=mlp", "dataset=mnist", "dataset.name=bench_digits", f"batch_size={BATCH}",
+                f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={EVAL_SAMPLE}",
+                "log.tensorboard=false", "log.progress=false", "checkpoint.enabled=false"])
+    cfg = config(n, total)
+    with tempfile.TemporaryDirectory() as run_dir:      # imports and first calls, before any timing
+        Trainer(config(2, 1), run_dir).run()
+
+    def sim_round() -> dict[str, Any]:
+        marks.clear()
+        rss0 = _rss_mb()
+        t0 = _now()
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(cfg, run_dir)
+            init = _since(t0)
+            starts: list[tuple[float, float]] = []
+            ev: list[tuple[float, float]] = []
+            start, evaluate = trainer.start, trainer.evaluate
+
+            def timed_start(comm):      # never switches workers: its time is this worker's build
+                s = _now()
+                out = start(comm)
+                starts.append(_since(s))
+                return out
+
+            def timed_evaluate(*a, **k):
+                ev.append(_now())
+                out = evaluate(*a, **k)
+                ev.append(_now())
+                return out
+            trainer.start, trainer.evaluate = timed_start, timed_evaluate
+            trainer.run()
+            del trainer
+        t_a, t_b = marks[f"sync{warmup - 1}"], marks[f"sync{total - 1}"]
+        build = tuple(init[k] + sum(s[k] for s in starts) for k in range(2))
+        first_eval = tuple(max(e[k] for e in ev) - min(e[k] for e in ev) for k in range(2))
+        return {"samples_per_s": _pair(n * BATCH * steps / (t_b[k] - t_a[k]) for k in range(2)),
+                "build_s": _pair(build), "first_eval_s": _pair(first_eval),
+                "ready_and_evaluated_s": _pair(build[k] + first_eval[k] for k in range(2)),
+                "trainer_init_s": _pair(init), "peak_rss_mb": _peak_mb(), "rss_before_mb": rss0}
+
+    def hand_round() -> dict[str, float]:
+        from torch import nn
+
+        from distlib.models import MODELS
+        from distlib.topology import build_topology
+        from distlib.topology.mixing import mixing_matrix
+        torch.manual_seed(0)
+        first = MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28), num_classes=10)
+        models = [first] + [copy.deepcopy(first) for _ in range(n - 1)]
+        p = sum(q.numel() for q in first.parameters())
+        x = torch.empty(n, p)           # row i: model i's parameters; each parameter a view into it
+        for i, m in enumerate(models):
+            off = 0
+            for q in m.parameters():
+                k = q.numel()
+                x[i, off:off + k].copy_(q.data.reshape(-1))
+                q.data = x[i, off:off + k].view_as(q)
+                off += k
+        w = mixing_matrix(build_topology(cfg.topology, n).graph_at(0))
+        rows = [(float(w[i, i]), [(j, float(w[i, j])) for j in np.flatnonzero(w[i]) if j != i]) for i in range(n)]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
+        data = tiled.train
+        shards = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n * PER_WORKER].view(n, -1)
+        for step in range(total):
+            if step == warmup:
+                t0 = _now()
+            for i, (m, opt) in enumerate(zip(models, opts)):
+                pos = (step * BATCH) % (PER_WORKER - BATCH + 1)
+                idx = shards[i, pos:pos + BATCH]
+                m.train()
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(m(data.x[idx]), data.y[idx])
+                loss.backward()
+                loss.item()     # the sim reads every loss too (logging, divergence check)
+                opt.step()
+            with torch.no_grad():       # x_i <- W_ii x_i + sum_j W_ij x_j, from a copy of all x_j
+                y = x.clone()
+                for i, (w_ii, peers) in enumerate(rows):
+                    x[i].mul_(w_ii)
+                    for j, w_ij in peers:
+                        x[i].add_(y[j], alpha=w_ij)
+        t1 = _now()
+        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2))}
+
+    sims, hands = [], []
+    for _ in range(rounds):     # alternating, so load on the machine hits both alike
+        sims.append(sim_round())
+        hands.append(hand_round())
+    res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
+    for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
+        sim = max(r["samples_per_s"][clock] for r in sims)
+        hand = max(r["samples_per_s"][clock] for r in hands)
+        res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": hand, "sim_vs_hand": sim / hand,
+                      "worker_step_ms": 1e3 * BATCH / sim,
+                      **{k: min(r[k][clock] for r in sims)
+                         for k in ("build_s", "first_eval_s", "ready_and_evaluated_s", "trainer_init_s")}}
+    peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
+    res.update(peak_rss_mb=peak, rss_before_mb=sims[0]["rss_before_mb"],
+               rss_per_worker_mb=(peak - sims[0]["rss_before_mb"]) / n,
+               all_rounds={"sim": sims, "hand": hands}, load_avg=_load())
+    return res
+
+
+# -- the table -------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[8, 64, 256, 1024])
+    ap.add_argument("--graphs", nargs="+", default=["ring", "exponential"])
+    ap.add_argument("--worker-steps", type=int, default=2048,
+                    help="timed worker-steps per configuration: steps = max(2, this / n)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", default="bench_results/bench_scale.json")
+    ap.add_argument("--one", nargs=2, metavar=("N", "GRAPH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:    # a child: one configuration, JSON on stdout
+        import torch
+        torch.set_num_threads(args.threads)
+        n = int(args.one[0])
+        res = run_one(n, args.one[1], max(2, args.worker_steps // n), args.warmup, args.rounds)
+        print("RESULT " + json.dumps(res))
+        return
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    results: dict[str, Any] = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "threads": args.threads,
+                               "eval_per_worker_sample": EVAL_SAMPLE, "cpus": os.cpu_count(),
+                               "load_avg_start": _load(), "runs": []}
+    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | "
+            f"{'sim/hand':>8s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | {'MB/worker':>9s}")
+    print(f"{'':18s} | {'CPU time of this process':^34s} | {'wall time':^34s} |")
+    print(head, flush=True)
+    for graph in args.graphs:
+        for n in args.workers:
+            cmd = [sys.executable, __file__, "--one", str(n), graph, "--worker-steps", str(args.worker_steps),
+                   "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(line[len("RESULT "):])
+            results["runs"].append(r)
+            cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['worker_step_ms']:10.3f} "
+                              f"{r[c]['ready_and_evaluated_s']:12.2f}" for c in ("cpu", "wall"))
+            print(f"{graph:12s} {n:5d} | {cols} | {r['rss_per_worker_mb']:9.2f}", flush=True)
+    by = {(r["graph"], r["workers"]): r for r in results["runs"]}
+    for clock in ("cpu", "wall"):
+        results[f"worker_step_1024_vs_64_{clock}"] = {
+            g: by[(g, 1024)][clock]["worker_step_ms"] / by[(g, 64)][clock]["worker_step_ms"]
+            for g in args.graphs if (g, 1024) in by and (g, 64) in by}
+        for g, v in results[f"worker_step_1024_vs_64_{clock}"].items():
+            print(f"{g}: time per worker-step at n=1024 / at n=64 ({clock}): {v:.3f}")
+    results["load_avg_end"] = _load()
+    results["total_s"] = time.perf_counter() - t_all
+    print(f"load average {results['load_avg_start']} -> {results['load_avg_end']} on {os.cpu_count()} CPUs; "
+          f"total {results['total_s']:.0f} s")
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
