@@ -21,3 +21,10 @@ def pyplot(what: str, instead: str = "") -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def line_collection(segments: Any, **style: Any) -> Any:
+    """``matplotlib.collections.LineCollection(segments, **style)``: many line segments drawn as
+    one artist (after :func:`pyplot` has checked that matplotlib is there)."""
+    from matplotlib.collections import LineCollection
+    return LineCollection(segments, **style)

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from distlib.errors import ConfigError
-from distlib.plotting import pyplot
+from distlib.plotting import line_collection, pyplot
 from distlib.topology.activation import matcha_design
 from distlib.topology.graphs import Graph
 from distlib.topology.matching import DECOMPOSITIONS, published_matchings
@@ -143,7 +143,6 @@ def load_config(name: str, overrides: Sequence[str]) -> tuple[dict[str, Any], in
 def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto", matcha: bool | None = None) -> None:
     """Draw each distinct graph on a circle, edges coloured by matching (line width ~ p_j)."""
     plt = pyplot("distlib-topology --plot")     # lazily: only --plot needs matplotlib
-    from matplotlib.collections import LineCollection
     graphs = topo.graphs()[:6]
     fig, axes = plt.subplots(1, len(graphs), figsize=(4 * len(graphs), 4), squeeze=False)
     for ax, g in zip(axes[0], graphs):
@@ -159,7 +158,7 @@ def plot(topo: Topology, path: str, budget: float, decomposition: str = "auto", 
                             label=f"M{k} p={d.p[k]:.2f}" if (u, v) == m[0] else None)
             ax.legend(fontsize=6, loc="lower right")
         elif g.edges:
-            ax.add_collection(LineCollection(xy[g.edge_array()], colors="grey", linewidths=0.5 if labelled else 0.2))
+            ax.add_collection(line_collection(xy[g.edge_array()], colors="grey", linewidths=0.5 if labelled else 0.2))
         if labelled:
             ax.scatter(*xy.T, s=200, c="white", edgecolors="black", zorder=3)
             for i, (x, y) in enumerate(xy):
