@@ -106,6 +106,7 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
+            self._close_data()
         if self.stop.signum is not None and self.stop.stop_at is not None and self.stop.stop_at < self.total_steps:
             saved = self.checkpointer.enabled and ckpt.find(self.checkpointer.root)
             raise Interrupted(self.stop.signum, self.stop.stop_at, self.total_steps, saved or None)
@@ -135,6 +136,14 @@ class Trainer:
                     self.checkpointer.save(ctx, strategy, loop, logger)
                 break
         return logger.write_summary() if logger is not None else None
+
+    def _close_data(self) -> None:
+        """Stop the DataLoader processes of streamed datasets (imagefolder) now, not whenever
+        the garbage collector gets to them (which stalls whatever runs then)."""
+        for stream in [w.batches for w in self.workers.values()] + [self.dataset.train, self.dataset.test]:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     # -- building --------------------------------------------------------------------------
     def start(self, comm: Communicator) -> tuple[Context, Strategy | Service, LoopState]:

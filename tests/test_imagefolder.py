@@ -18,6 +18,24 @@ from distlib.errors import ConfigError
 CLASSES = 4
 
 
+@pytest.fixture(autouse=True)
+def _loader_processes_stopped(monkeypatch):
+    """Stop every DataLoader process a test started, at its end (a test may leave a stream
+    half-read; its processes would otherwise stall whichever later test collects them)."""
+    from distlib.data import imagefolder
+    made: list = []
+    for cls in (imagefolder.ImageFolderSplit, imagefolder.StreamedBatches):
+        init = cls.__init__
+
+        def tracked(self, *args, _init=init, **kwargs):
+            _init(self, *args, **kwargs)
+            made.append(self)
+        monkeypatch.setattr(cls, "__init__", tracked)
+    yield
+    for obj in made:
+        obj.close()
+
+
 def _write_images(folder, numbers, size=8):
     """Image i: class i % 4, red = i, green = 60 * class, blue = 255 - i (one colour, PNG)."""
     for i in numbers:

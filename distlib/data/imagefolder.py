@@ -33,6 +33,18 @@ from distlib.errors import ConfigError
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def stop_loader_processes(it: object) -> None:
+    """End a DataLoader iterator's worker processes at once. Their read-ahead is not wanted, and
+    a worker whose queue is still full would hold the DataLoader's own shutdown for its 5 s
+    timeout (per worker) until it is killed anyway."""
+    if it is None or not hasattr(it, "_shutdown_workers"):
+        return
+    for w in getattr(it, "_workers", []):
+        if w.is_alive():
+            w.terminate()
+    it._shutdown_workers()
+
+
 class ImageFolderSplit:
     """One split of an image folder: the files ``files[i]`` for i in ``members``, read on demand."""
 
@@ -67,6 +79,11 @@ class ImageFolderSplit:
         if self._eval_loader is None or self._eval_loader.batch_size != batch_size:
             self._eval_loader = self.loader(None, 0, batch_size, persistent=True)
         yield from self._eval_loader
+
+    def close(self) -> None:
+        """Stop the evaluation DataLoader's kept processes."""
+        loader, self._eval_loader = self._eval_loader, None
+        stop_loader_processes(getattr(loader, "_iterator", None))
 
 
 class StreamedBatches:
@@ -114,8 +131,7 @@ class StreamedBatches:
     def close(self) -> None:
         """Stop the DataLoader's processes (they also stop when the stream is garbage-collected)."""
         it, self._it = self._it, None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        stop_loader_processes(it)
 
     def state_dict(self) -> dict:
         return {"drawn": self.drawn, "gen": self.gen.get_state()}
