@@ -230,6 +230,7 @@ BASES = {"dpsgd": ("algorithm=dpsgd", "algorithm.weights=laplacian"),
          "matcha": ("algorithm=matcha", "algorithm.budget=0.5")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["code", "paper"])
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_zero_weights_give_the_base_history_and_count_the_scalars(tmp_path, base, form):

@@ -118,6 +118,7 @@ def _adpsgd_run(graph, steps: int, seed: int = 0, lr: float = 0.0, speeds=None):
     return [w.x for _, w, _ in out], [ctx.step for _, _, ctx in out], log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph", [ring(8), ring(7), torus(9), erdos_renyi(8, p=0.4, seed=1)],
                          ids=["ring8", "odd_ring7", "torus3x3", "erdos_renyi8"])
 def test_adpsgd_no_deadlock_over_10000_steps_and_every_averaging_keeps_the_pair_mean(graph) -> None:

@@ -87,6 +87,7 @@ def crash_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(Worker, "forward_backward", forward_backward)
 
 
+@pytest.mark.slow
 # -- resume equality ---------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algo):
@@ -196,6 +197,7 @@ def test_checkpoint_whose_pickle_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoints_are_refused_with_the_reason(tmp_path):
     from distlib.trainer import Trainer
     run_training(make_cfg(*TINY, "workers=2", "max_steps=3"), tmp_path / "run")

@@ -168,6 +168,7 @@ def test_leader_table_relates_leader_shares_to_shard_sizes(tmp_path):
     assert "| 2 | 0.00 ± 1.41 | 100 ± 0 | 0.250 ± 0.212 |" in (tmp_path / "report" / "leaders.md").read_text()
 
 
+@pytest.mark.slow
 def test_diverged_seeds_are_counted_and_left_out_of_the_means(tmp_path):
     """Two finished seeds and one diverged (summary.diverged.json, as the grid runner leaves it)
     in one group; a second group whose only seed diverged before any evaluation."""

@@ -94,6 +94,7 @@ def test_aldsgd_paper_dpsgd_baseline_mixes_with_i_minus_alpha_l():
     assert np.allclose(al.base.weights(graph).to_dense(), w_ref, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["al_dsgd", "dpsgd_laplacian"])
 def test_aldsgd_paper_short_run_learns(tmp_path, algorithm):
     """40 steps (1.3 epochs) of the paper's regime with the MLP: the averaged model is far above

@@ -86,6 +86,7 @@ def test_runner_skips_complete_resumes_partial_and_keeps_diverged(tmp_path):
     assert res["counts"]["skipped"] == 3 and (runs / "calls.txt").read_text() == "stop-0 auto\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", results_grid.cells(), ids=lambda c: f"{c.section}/{c.name}")
 def test_every_grid_cell_composes_validates_and_builds_its_topology(cell):
     cfg = make_cfg(*results_grid.overrides(cell, "mlp", 0, None))

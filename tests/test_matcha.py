@@ -51,6 +51,7 @@ def _grid_search(ls: np.ndarray, cap: float) -> float:
     return max(best_val, float(_lambda2(ls, ps).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [0.3, 0.5])
 def test_probabilities_match_dense_search(budget):
     d = matcha_design(ER8, budget)
@@ -84,6 +85,7 @@ def test_expected_gram_equals_enumeration():
     assert d.rho == pytest.approx(np.linalg.norm(want - np.full((8, 8), 1 / 8), 2), abs=1e-10)
 
 
+@pytest.mark.slow
 def test_alpha_minimises_rho_on_a_dense_grid():
     alphas = np.linspace(0.0, 1.5, 15001)
     for g in (ER8, published_graph("matcha_er16"), GRAPHS.get("ring")(n=8)):
@@ -137,6 +139,7 @@ def _gossip_run(make, topo: Topology, steps: int, seed: int = 0, dim: int = 3):
     return xs, [c.counters.bytes_sent for c in world.comms], peers, strategies
 
 
+@pytest.mark.slow
 def test_communication_matches_the_probabilities():
     """2,000 steps on matcha_er8 at C_b = 0.5, against D-PSGD on the same graph.
 

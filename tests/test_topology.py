@@ -226,6 +226,7 @@ def test_aldsgd_dynamic_configs_even_b_odd_a(name):
         assert topo.graph_at(k) == published_graph(b if k % 2 == 0 else a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ring", "torus", "star", "complete", "exponential", "erdos_renyi", "geometric",
                                   "regular", "one_peer_exponential", "schedule", "matcha_er8", "aldsgd_er8_relabel"])
 def test_every_topology_config_composes(name):

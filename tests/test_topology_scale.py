@@ -134,6 +134,7 @@ def test_one_peer_exponential_at_10000_nodes():
     assert topo.union().is_connected()
 
 
+@pytest.mark.slow
 def test_random_graphs_at_10000_nodes():
     p = 2 * math.log(N) / N     # twice the connectivity threshold
     er = GRAPHS.get("erdos_renyi")(n=N, p=p, seed=0)
@@ -215,6 +216,7 @@ def test_sparse_spectrum_matches_dense(g):
         assert rows.spectral_gap("sparse") == pytest.approx(rows.spectral_gap("dense"), abs=1e-10)
 
 
+@pytest.mark.slow
 def test_ring_spectrum_at_10000_nodes_closed_form():
     # ring: L has lambda_2 = 2 - 2 cos(2 pi / n), lambda_n = 4 (n even); Metropolis W = (I + A) / 3
     # has gap (2/3)(1 - cos(2 pi / n)). Above DENSE_MAX_N these come from the sparse solver.
