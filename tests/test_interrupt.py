@@ -192,3 +192,42 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tm
     assert "torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
     # no rank printed a traceback (torchrun's agent prints its own SignalException: not ours to change)
     assert not [line for line in err.splitlines() if 'File "' in line and "/distlib/" in line], err[-3000:]
+
+
+# -- the asynchronous loop: the same behaviour ------------------------------------------------------
+ASYNC_RUN = (*TINY, "workers=3", "batch_size=16", "cluster.step_time_s=0.01", "eval_every=3", "max_steps=14")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_async_ps_cuts_checkpoints_and_resume_is_the_same_run(tmp_path, monkeypatch, handlers, sig):
+    """The server cuts at the next multiple of n applied gradients: every rank saves there and
+    stops; the resumed run's history is the uninterrupted run's (fixed step time). A cut is a
+    barrier, part of the run's timing: with a cut due at every step (checkpoint.every=1) the
+    signal's cut is one the uninterrupted run makes too."""
+    overrides = (*ASYNC_RUN, "algorithm=async_ps", "checkpoint.every=1")
+    _, whole = run_training(make_cfg(*overrides), tmp_path / "whole")
+    signal_during(monkeypatch, rank=1, call=5, sig=sig)
+    with pytest.raises(Interrupted) as e:
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    monkeypatch.undo()
+    stop = e.value.step
+    assert 0 < stop < 14 and e.value.exit_code == 128 + sig
+    assert e.value.checkpoint == ckpt.step_dir((tmp_path / "split" / "checkpoints").resolve(), stop)
+    interrupt.install()     # a new run in the same process: no pending signal
+    _, resumed = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    assert comparable(resumed) == comparable(whole)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkeypatch, handlers, sig, caplog):
+    """AD-PSGD has no consistent cut: it says so at start-up (one line) and a signal stops it at
+    once, with the signal's exit code and no checkpoint."""
+    caplog.set_level(logging.INFO, logger="distlib")
+    signal_during(monkeypatch, rank=1, call=3, sig=sig)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(make_cfg(*ASYNC_RUN, "algorithm=ad_psgd", "topology=ring", "log.progress=true"), tmp_path)
+    assert interrupt.stopped_by() == sig and ckpt.find(tmp_path) is None
+    assert [m for m in caplog.messages if m.startswith("checkpoints: ")] == [
+        "checkpoints: ad_psgd has no consistent cut; this run writes none (checkpoint.enabled=false says so; "
+        "see docs/checkpoints.md)"]
