@@ -231,3 +231,43 @@ def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkey
     assert [m for m in caplog.messages if m.startswith("checkpoints: ")] == [
         "checkpoints: ad_psgd has no consistent cut; this run writes none (checkpoint.enabled=false says so; "
         "see docs/checkpoints.md)"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_under_torchrun_cuts_async_ps_with_a_checkpoint_and_resumes(tmp_path, sig):
+    """async_ps under torchrun (one worker, the server: 2 processes): a signal makes the server
+    cut; both ranks save, print the resume line and exit 128 + signal; the resume command
+    finishes the run, whose history then equals an uninterrupted run's (one worker: the order
+    of events does not depend on timing; a fixed step time)."""
+    from support import free_port
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=3000", "eval_every=50",
+                 "checkpoint.every=5", "cluster.step_time_s=0.01", "backend=torch", "backend.dist=gloo",
+                 "backend.timeout_s=60"]
+
+    def torchrun(args):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}", "-m", "distlib", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(torchrun([*overrides, f"hydra.run.dir={run_dir}"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ckpt.complete_steps(run_dir / "checkpoints"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.startswith("interrupted by ")]
+    assert len(lines) == 2, err[-3000:]
+    steps = {int(line.split(" at step ")[1].split()[0]) for line in lines}
+    assert len(steps) == 1, lines
+    (stop,) = steps
+    assert 0 < stop < 3000 and ckpt.complete_steps(run_dir / "checkpoints")[-1] == stop
+    assert "resume with: torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
