@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,9 @@ class Run:
             self.checkpointer.enabled = False
             self.no_checkpoints = (f"checkpoints: {self.algorithm_name} has no consistent cut; this run writes "
                                    f"none (checkpoint.enabled=false says so; see docs/checkpoints.md)")
+        if self.asynchronous and cfg.backend.name == "sim" and self.step_time is None:
+            warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
+                          "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")
         self.workers, self.strategies, self.logger = {}, {}, None
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
