@@ -78,6 +78,10 @@ class Registry(Generic[T]):
         for name in list(self._shipped()):
             self.get(name)
 
+    def shipped(self) -> list[str]:
+        """The names of the library's own entries (found in ``package`` or declared ``lazy``)."""
+        return sorted(self._shipped())
+
     def names(self) -> list[str]:
         return sorted(set(self._table) | set(self._shipped()))
 

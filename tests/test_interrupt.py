@@ -219,6 +219,7 @@ def test_signal_during_async_ps_cuts_checkpoints_and_resume_is_the_same_run(tmp_
     assert comparable(resumed) == comparable(whole)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkeypatch, handlers, sig, caplog):
     """AD-PSGD has no consistent cut: it says so at start-up (one line) and a signal stops it at
