@@ -30,8 +30,10 @@ Checkpoints (every backend) are taken at a consistent cut. When the gradient jus
 brings the version to K, a multiple of n at which a checkpoint is due (every
 ``checkpoint.every`` steps' worth of gradients, epoch ends, the end), the server holds its
 reply back and takes one request from every other worker, without applying it; every worker
-is then waiting for a reply and no message is in flight. It answers each with "cut" (or "cut
-and stop", when a signal asked the run to stop: the next multiple of n is then a cut), every
+is then waiting for a reply and no message is in flight (the handshake itself,
+``hold_every_worker``, ``announce_cut`` and ``read_cut``, is the runtime's: distlib.protocol).
+It answers each with "cut" (or "cut and stop", when a signal asked the run to stop: the next
+multiple of n is then a cut), every
 rank saves (the server's x, version, staleness record and queue of held requests; each
 worker's model, data position, RNG, loop, and that it is waiting), and the server then
 answers the held requests in order. A resumed worker first takes the reply it was waiting
@@ -58,7 +60,7 @@ from typing import Any, Callable
 import torch
 
 from distlib.options import choice
-from distlib.protocol import AsyncStrategy, Service, ServiceContext
+from distlib.protocol import AsyncStrategy, Service, ServiceContext, announce_cut, hold_every_worker, read_cut
 from distlib.record import EvalRecord
 from distlib.share import all_gather_lists, broadcast_object
 from distlib.strategy import STRATEGIES, Context, Report
@@ -68,8 +70,7 @@ SERVER_MOMENTA = ("compensated", "configured")
 # point-to-point tags of the protocol (each message kind on its own tag: a receive from any
 # worker on the push tag can never match another kind)
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 101, 102, 103, 104
-PULL, PUSH = 0.0, 1.0
-CUT, CUT_STOP = 2.0, 3.0    # reply flags (besides 0 = stop, 1 = go): checkpoint now (and then stop the run)
+PULL, PUSH = 0.0, 1.0     # request kinds; a reply's flag: 0 = stop, 1 = go, or a cut (distlib.protocol)
 
 
 def server_rank(ctx: Context) -> int:
@@ -136,9 +137,9 @@ class AsyncPS(AsyncStrategy):
     def _reply(self, ctx: Context) -> None:
         comm, srv = ctx.comm, server_rank(ctx)
         reply = comm.recv(torch.zeros(2, dtype=torch.float64), srv, TAG_REPLY)
-        self.awaiting = bool(reply[1] in (CUT, CUT_STOP))
+        self.cut = read_cut(reply)      # the checkpoint's (step, stop): the real reply comes after it
+        self.awaiting = self.cut is not None
         if self.awaiting:
-            self.cut = (int(reply[0]), bool(reply[1] == CUT_STOP))    # the checkpoint's step
             return
         comm.recv(ctx.worker.flat_params(), srv, TAG_PARAMS)
         self.version, self.go = int(reply[0]), bool(reply[1])
@@ -254,16 +255,11 @@ class ParameterServer(Service):
 
     def _cut(self, ctx: Context, i: int, stop: bool) -> int:
         """Hold i's reply, take one request from every other worker, tell all of them "cut"."""
-        comm, n = ctx.comm, ctx.workers
-        head = torch.zeros(2, dtype=torch.float64)
+        n = ctx.workers
         self.held.append((i, PULL, self.version, None))     # answered first: x is already at its version
-        while len(self.held) < n:
-            j = comm.recv_any(head, [w for w in range(n) if w not in {h[0] for h in self.held}], TAG_PUSH)
-            self.held.append((j, float(head[0]), int(head[1]), self._take_grad(ctx, j, head)))
-        step = self.version // n
-        for j in range(n):
-            comm.send(torch.tensor([step, CUT_STOP if stop else CUT], dtype=torch.float64), j, TAG_REPLY)
-        return step
+        hold_every_worker(ctx.comm, range(n), self.held, TAG_PUSH,
+                          lambda j, head: (j, float(head[0]), int(head[1]), self._take_grad(ctx, j, head)))
+        return announce_cut(ctx.comm, range(n), self.version // n, stop, TAG_REPLY)
 
     def setup(self, ctx: Context) -> None:
         """Keep the configured momentum mu (the optimizer is fresh here, before any resume)."""

@@ -19,12 +19,15 @@ or in its report's ``records``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
 
 from distlib.strategy import Context, Role, Strategy
 
 if TYPE_CHECKING:
+    from distlib.comm.base import Communicator
     from distlib.record import EvalRecord
 
 
@@ -77,3 +80,33 @@ class AsyncStrategy(Strategy):
 
     def checkpoint_cut(self, ctx: Context) -> int | None:
         return None
+
+
+# -- the cut handshake of a request/reply protocol with a server ----------------------------------
+#: reply flags of a cut: checkpoint now (and then stop the run); a protocol's own flags are < 2
+CUT, CUT_STOP = 2.0, 3.0
+
+
+def hold_every_worker(comm: "Communicator", workers: Sequence[int], held: list[tuple[Any, ...]], tag: int,
+                      take: Callable[[int, torch.Tensor], tuple[Any, ...]]) -> None:
+    """Server side of a cut: besides the requests already ``held`` (their worker first in each),
+    take one request on ``tag`` from every other worker (``take(worker, head)`` reads the rest of
+    it) and hold it, unanswered. Then every worker waits for a reply and nothing is in flight."""
+    head = torch.zeros(2, dtype=torch.float64)
+    while len(held) < len(workers):
+        waiting = {h[0] for h in held}
+        j = comm.recv_any(head, [w for w in workers if w not in waiting], tag)
+        held.append(take(j, head))
+
+
+def announce_cut(comm: "Communicator", workers: Sequence[int], step: int, stop: bool, tag: int) -> int:
+    """Tell every worker "cut at ``step``" (and whether the run stops there) as its reply."""
+    for j in workers:
+        comm.send(torch.tensor([step, CUT_STOP if stop else CUT], dtype=torch.float64), j, tag)
+    return step
+
+
+def read_cut(reply: torch.Tensor) -> tuple[int, bool] | None:
+    """Worker side: the (step, stop) of a cut if the reply ``[value, flag]`` announces one."""
+    flag = float(reply[1])
+    return (int(reply[0]), flag == CUT_STOP) if flag in (CUT, CUT_STOP) else None
