@@ -76,12 +76,16 @@ def load_state_dict(opt: torch.optim.Optimizer, state: dict) -> None:
 def step(opt: torch.optim.Optimizer) -> None:
     """``opt.step()`` without the ``import torch._dynamo`` of torch's step wrapper, when no
     step hook or differentiable optimizer needs that wrapper."""
-    body = _body(type(opt))
+    body = _BODIES.get(type(opt)) or _body(type(opt))
     if body is None or opt.defaults.get("differentiable") or _hooked(opt):
         opt.step()
         return
-    with torch.no_grad():
+    prev = torch.is_grad_enabled()      # as _use_grad does (cheaper than a no_grad context)
+    torch.set_grad_enabled(False)
+    try:
         body(opt)
+    finally:
+        torch.set_grad_enabled(prev)
 
 
 _BODIES: dict[type, Any] = {}
@@ -109,8 +113,12 @@ def _chain(f: Any, end: Any) -> list[Any]:
     return out
 
 
+_GLOBAL_HOOKS = (getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None),
+                 getattr(_torch_optimizer, "_global_optimizer_post_hooks", None))
+
+
 def _hooked(opt: torch.optim.Optimizer) -> bool:
-    hook_tables = (getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None),
-                   getattr(_torch_optimizer, "_global_optimizer_post_hooks", None),
-                   getattr(opt, "_optimizer_step_pre_hooks", None), getattr(opt, "_optimizer_step_post_hooks", None))
-    return any(t is None or len(t) for t in hook_tables)
+    """Any step hook registered (or tables this torch does not have: assume so)."""
+    pre, post = getattr(opt, "_optimizer_step_pre_hooks", None), getattr(opt, "_optimizer_step_post_hooks", None)
+    g_pre, g_post = _GLOBAL_HOOKS
+    return pre is None or post is None or g_pre is None or g_post is None or bool(pre or post or g_pre or g_post)

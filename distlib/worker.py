@@ -74,7 +74,8 @@ class Worker:
         with a GradScaler, strategies see the true g_i)."""
         x, y = self.batches.next()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)    # no-ops when there
-        self.model.train()
+        if not self.model.training:     # only evaluate() switches it off: train() walks every module
+            self.model.train()
         self._grad.zero_()
         with autocast(self.precision, self.device):
             loss = self.loss_fn(self._forward(x), y)
