@@ -298,6 +298,7 @@ class RunLogger:
         last = self.history[-1] if self.history else {}
         final = {k: last.get(k) for k in ("test_accuracy", "test_loss", "train_loss", "consensus_distance",
                                           "worker_accuracy_min", "worker_accuracy_max")}
+        final.update({k: last[k] for k in ("val_accuracy", "val_loss") if k in last})   # dataset.val_fraction
         out = dict(self.header)
         out.update({
             "steps": last.get("step", 0),
@@ -327,7 +328,8 @@ class RunLogger:
 
 
 _GROUPS = {"train_loss": "train/loss", "lr": "train/lr", "test_loss": "test/loss",
-           "test_accuracy": "test/accuracy", "worker_accuracy_min": "test/worker_accuracy_min",
+           "test_accuracy": "test/accuracy", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
+           "worker_accuracy_min": "test/worker_accuracy_min",
            "worker_accuracy_max": "test/worker_accuracy_max", "worker_accuracy_mean": "test/worker_accuracy_mean",
            "consensus_distance": "consensus/distance", "bytes_sent": "comm/bytes_sent_per_worker",
            "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s"}

@@ -24,7 +24,7 @@ from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
-from distlib.data.datasets import on_device
+from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, deterministic, device_kind
 from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
@@ -68,8 +68,10 @@ class Trainer:
         self.step_time: float | None = cfg.cluster.get("step_time_s")
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
-        self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
-                                                                     "shards_per_worker"))
+        self.dataset = carve_validation(
+            DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha", "shards_per_worker",
+                                                       "val_fraction")),
+            cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
@@ -241,6 +243,8 @@ class Trainer:
                 return {}
             table = torch.stack(gathered)
             avg = worker.evaluate(test, params=xbar)
+            val = worker.evaluate(on_device(self.dataset.val, worker.device), params=xbar) \
+                if self.dataset.val is not None else None
         record: dict[str, Any] = {
             "step": ctx.step + 1, "epoch": (ctx.step + 1) / self.steps_per_epoch,
             "train_loss": float(dist[1]), "test_loss": avg.loss, "test_accuracy": avg.accuracy,
@@ -250,6 +254,8 @@ class Trainer:
             "bytes_sent_per_worker": [int(b) for b in table[:, 1]],
             "bytes_recv_per_worker": [int(b) for b in table[:, 2]],
         }
+        if val is not None:
+            record.update(val_loss=val.loss, val_accuracy=val.accuracy)
         if self.cfg.eval.per_worker:
             acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
             record.update(worker_accuracy_min=float(acc.min()), worker_accuracy_max=float(acc.max()),
