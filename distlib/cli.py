@@ -99,6 +99,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Interrupted as e:
         # Ctrl-C / SIGTERM: the step finished and a checkpoint was written; one line, no traceback.
         console.error(interrupted_line(e, cfg))
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # A launcher may catch SystemExit and start the next job, which the signal would
+            # stop after one step, and so on down the sweep: end the whole sweep here.
+            import logging
+            logging.shutdown()
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "

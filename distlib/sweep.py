@@ -32,12 +32,12 @@ from distlib.errors import ConfigError
 BEST_NAME = "best.json"
 #: config keys that do not define a cell: the seed and learning rate (what tuning varies and
 #: averages over) and what only changes where and how a run is recorded
-NOT_CELL = ("seed", "optim.lr", "resume", "log", "checkpoint", "eval", "imports")
+NOT_CELL = ("seed", "optim.lr", "resume", "log", "checkpoint", "eval", "imports", "hydra")
 
 
 def fit_threads(launcher: Any, cpus: int | None = None) -> int | None:
-    """Set torch's threads so that ``n_jobs`` parallel jobs share the cores; returns the
-    number set, or None when the launcher does not run jobs side by side in processes."""
+    """Set torch's threads so that ``n_jobs`` parallel jobs share the cores (and never above
+    torch's own setting); returns the number set, or None for other launchers."""
     target = str((launcher or {}).get("_target_", ""))
     if "joblib" not in target.lower():
         return None
@@ -45,8 +45,9 @@ def fit_threads(launcher: Any, cpus: int | None = None) -> int | None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     jobs = int(launcher.get("n_jobs") or -1)
     jobs = cpus if jobs < 1 else jobs     # joblib: -1 means one job per core
-    threads = max(1, cpus // jobs)
     import torch
+    # never more than the process was given (OMP_NUM_THREADS=1 on a shared machine stays 1)
+    threads = max(1, min(torch.get_num_threads(), cpus // jobs))
     torch.set_num_threads(threads)
     return threads
 
@@ -190,6 +191,7 @@ def tuned_lr(tune_dir: str, *, _root_: Any) -> float:
     cells = json.loads(path.read_text())["cells"]
     raw = OmegaConf.to_container(_root_, resolve=False)
     raw["optim"].pop("lr", None)      # this very interpolation
+    raw.pop("hydra", None)            # (when Hydra's own config asks, e.g. for the run's folder name)
     key = cell_key(OmegaConf.to_container(OmegaConf.create(raw), resolve=True))
     for c in cells:
         if c["key"] == key:
