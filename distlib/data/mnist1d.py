@@ -63,23 +63,45 @@ def templates() -> np.ndarray:
     return (x - x[:, :1]) / 6.0
 
 
-def _resample(x: np.ndarray, n: int) -> np.ndarray:
-    """Linear interpolation of ``x`` onto ``n`` evenly spaced points over the same span."""
-    return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(x)), x)
+def _stretch(x: np.ndarray, used: np.ndarray, n: int) -> np.ndarray:
+    """Row r's first ``used[r]`` points, linearly interpolated onto ``n`` evenly spaced points
+    over the same span (the recipe's ``interpolate``, for all rows at once)."""
+    pos = np.linspace(0, 1, n)[None, :] * (used[:, None] - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), used[:, None] - 2)
+    frac = pos - lo
+    rows = np.arange(len(x))[:, None]
+    return x[rows, lo] * (1 - frac) + x[rows, lo + 1] * frac
+
+
+def _draws(n: int, width: int, g: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every random number of ``n`` samples, drawn sample by sample in the recipe's order
+    (padding, scale, shift, correlated noise, i.i.d. noise, shear)."""
+    out: dict[str, list] = {"u_pad": [], "u_scale": [], "k": [], "corr": [], "iid": [], "u_shear": []}
+    for _ in range(n):
+        out["u_pad"].append(g.random())
+        out["u_scale"].append(g.random())
+        out["k"].append(g.integers(MAX_TRANSLATION))
+        out["corr"].append(g.standard_normal(width))
+        out["iid"].append(g.standard_normal(width))
+        out["u_shear"].append(g.random())
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def _transform(x: np.ndarray, g: np.random.Generator) -> np.ndarray:
-    """One template through steps 1-7 of the module docstring (its draws in the recipe's order)."""
-    p = PADDING[0] + int(g.random() * (PADDING[1] - PADDING[0] + 1))
-    x = np.concatenate([x + 1e-8, np.zeros(p)])      # + eps: the template's points stay nonzero
-    x = _resample(x, len(TEMPLATES[0]) + PADDING[1])
-    x = x * (1 + SCALE_COEFF * (g.random() - 0.5))
-    x = np.roll(x, int(g.integers(MAX_TRANSLATION)))
-    pad = x == 0
-    x = np.where(pad, gaussian_filter1d(CORR_NOISE_SCALE * g.standard_normal(len(x)), 2), x)
-    x = x + IID_NOISE_SCALE * g.standard_normal(len(x))
-    x = x - SHEAR_SCALE * (g.random() - 0.5) * np.linspace(-0.5, 0.5, len(x))
-    return _resample(x, LENGTH)
+    """Templates ``x`` (one per row) through steps 1-7 of the module docstring, all rows at once."""
+    n, m = x.shape
+    width = m + PADDING[1]
+    r = _draws(n, width, g)
+    p = PADDING[0] + (r["u_pad"] * (PADDING[1] - PADDING[0] + 1)).astype(np.int64)
+    padded = np.zeros((n, width))
+    padded[:, :m] = x + 1e-8                          # + eps: the template's points stay nonzero
+    x = _stretch(padded, m + p, width)
+    x = x * (1 + SCALE_COEFF * (r["u_scale"] - 0.5))[:, None]
+    x = x[np.arange(n)[:, None], (np.arange(width)[None, :] - r["k"][:, None]) % width]    # roll right by k
+    x = np.where(x == 0, gaussian_filter1d(CORR_NOISE_SCALE * r["corr"], 2, axis=1), x)
+    x = x + IID_NOISE_SCALE * r["iid"]
+    x = x - (SHEAR_SCALE * (r["u_shear"] - 0.5))[:, None] * np.linspace(-0.5, 0.5, width)[None, :]
+    return _stretch(x, np.full(n, width), LENGTH)
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,10 +109,8 @@ def generate(samples: int = 5000, seed: int = 42) -> tuple[np.ndarray, np.ndarra
     """(signals float32 (samples, 40), labels int64): ``samples // 10`` per class, shuffled,
     standardised together; the same seed gives the same arrays."""
     g = np.random.default_rng(seed)
-    t = templates()
-    per_class = samples // 10
-    xs = np.stack([_transform(t[d], g) for d in range(10) for _ in range(per_class)])
-    ys = np.repeat(np.arange(10), per_class)
+    ys = np.repeat(np.arange(10), samples // 10)
+    xs = _transform(templates()[ys], g)
     order = g.permutation(len(ys))
     xs, ys = xs[order], ys[order]
     xs = (xs - xs.mean()) / xs.std()
