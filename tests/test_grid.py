@@ -27,15 +27,17 @@ def sweep_jobs(name: str, *extra: str) -> list[tuple[str, ...]]:
 
     from distlib.config import register_configs
     register_configs()
+    parser = OverridesParser.create()
+    swept = [o for o in parser.parse_overrides(list(extra)) if o.is_sweep_override()]
+    fixed = [e for e, o in zip(extra, parser.parse_overrides(list(extra))) if not o.is_sweep_override()]
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+sweep={name}", *extra], return_hydra_config=True)
-    parser = OverridesParser.create()
-    axes = []
-    for k, v in cfg.hydra.sweeper.params.items():
-        o = parser.parse_override(f"{k}={v}")
-        axes.append([f"{k}={x}" for x in o.sweep_string_iterator()] if o.is_sweep_override() else [f"{k}={v}"])
-    return [(f"+sweep={name}", *extra, *job) for job in itertools.product(*axes)]
+        cfg = compose(config_name="train", overrides=[f"+sweep={name}", *fixed], return_hydra_config=True)
+    params = {k: parser.parse_override(f"{k}={v}") for k, v in cfg.hydra.sweeper.params.items()}
+    params.update({o.key_or_group: o for o in swept})     # the command line wins, as in Hydra
+    axes = [[f"{k}={x}" for x in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [f"{k}={o.get_value_element_as_str()}"] for k, o in params.items()]
+    return [(f"+sweep={name}", *fixed, *job) for job in itertools.product(*axes)]
 
 
 def test_run_states_from_the_summary(tmp_path):
@@ -82,7 +84,7 @@ def test_the_sweeps_cover_the_tables_cells() -> None:
     sparse = {c[1] for c in cells("paper_sparsity")}
     assert "topology=aldsgd_sparse385_dynamic" in sparse and "topology=aldsgd_sparse385_a" not in sparse
     assert len(sparse) == 7 and {c[-1] for c in cells("sparse_matcha")} == sparse
-    assert len(cells("extension")) == 5 * 2 * 2
+    assert len(cells("extension", "optim.lr=0.1,0.4")) == 5 * 2 * 2
     assert len(cells("mnist1d")) == 4 and len(sweep_jobs("mnist1d")) == 20
     tune = cells("mnist1d", "+tune=lr")       # the lr grid x 2 seeds replaces the table's seeds
     assert len(tune) == 4 * 5 and len(sweep_jobs("mnist1d", "+tune=lr")) == 40
