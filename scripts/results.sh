@@ -53,7 +53,8 @@ tuned_report() {
   local tune=$S/$table/${model}_tune
   [ -f "$tune/best.json" ] || { echo "== $name: no $tune/best.json, skipped"; return; }
   mapfile -t runs < <(python -m distlib.sweep "$tune")
-  report "$name" "${runs[@]}" "$S/$table/${model}_tuned" "$@"
+  # one figure per setting, every method in it at its own rate (the rates: best.md)
+  report "$name" "${runs[@]}" "$S/$table/${model}_tuned" --ignore optim.lr "$@"
   cp "$tune/best.md" "$OUT/$name/best.md"
 }
 
