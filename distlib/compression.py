@@ -105,11 +105,6 @@ class Identity(Compressor):
     def __init__(self, ratio: float = 0.01, bits: int = 4) -> None:
         pass
 
-    def omega(self, numel: int) -> float:
-        # ||v||_1^2 / (P ||v||^2): 1/P at worst (one nonzero), 2/pi for Gaussian-like vectors,
-        # which is what model differences look like; the typical value, not the bound
-        return 2 / math.pi
-
     def encode(self, v: torch.Tensor, key: int) -> torch.Tensor:
         return v
 
