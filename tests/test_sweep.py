@@ -29,16 +29,38 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return proc
 
 
+def _cli_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str,
+              cwd: Path | None = None) -> str:
+    """``distlib-train ARGS`` through the real entry point in this process (no interpreter and
+    torch start-up per call); what it printed."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from distlib import cli
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["distlib-train", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert not e.code, capsys.readouterr().err[-3000:]
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return out.out + out.err
+
+
 def _summaries(root: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))}
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_joblib_launcher_gives_the_sequential_sweeps_summaries(tmp_path: Path) -> None:
+def test_joblib_launcher_gives_the_sequential_sweeps_summaries(tmp_path: Path, monkeypatch, capsys) -> None:
     grid = ["algorithm=dpsgd,matcha", "seed=0,1", "max_steps=30", "hydra.sweep.subdir=${hydra.job.override_dirname}"]
-    _cli("-m", *TINY_ARGS, *grid, f"hydra.sweep.dir={tmp_path / 'seq'}")
-    _cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_ARGS, *grid,
+    _cli_here(monkeypatch, capsys, "-m", *TINY_ARGS, *grid, f"hydra.sweep.dir={tmp_path / 'seq'}")
+    _cli_here(monkeypatch, capsys, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_ARGS, *grid,
          f"hydra.sweep.dir={tmp_path / 'par'}",
          "hydra.job.config.override_dirname.exclude_keys=[hydra/launcher,hydra.launcher.n_jobs]")
     seq, par = _summaries(tmp_path / "seq"), _summaries(tmp_path / "par")
@@ -65,7 +87,8 @@ def _tuning_runs(sweep: Path) -> dict[tuple[float, int, str], dict]:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_grid_sweep_over_lr_writes_the_best_rate_by_validation_accuracy(tmp_path: Path) -> None:
+def test_grid_sweep_over_lr_writes_the_best_rate_by_validation_accuracy(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
     """+tune=lr: best.json holds, per cell, the rate with the best mean final val_accuracy
     over the seeds, computed here again from the runs' summaries; then +tune=best runs more
     seeds at exactly that rate, and a second run of a sweep makes nothing new."""
@@ -73,7 +96,7 @@ def test_grid_sweep_over_lr_writes_the_best_rate_by_validation_accuracy(tmp_path
     # (the folder of a +tune=best run is named by its overrides: keep the name short)
     short = "hydra.job.config.override_dirname.exclude_keys=[tune," + ",".join(a.split("=")[0] for a in TINY_ARGS) + "]"
     common = [*TINY_ARGS, "max_steps=12", "hydra.job.name=t", "algorithm=dpsgd,matcha", short]
-    _cli("-m", "+tune=lr", *common, "optim.lr=0.01,0.3", cwd=tmp_path)
+    _cli_here(monkeypatch, capsys, "-m", "+tune=lr", *common, "optim.lr=0.01,0.3", cwd=tmp_path)
     tune = sweeps / "t" / "mlp_tune"
     runs = _tuning_runs(tune)
     assert len(runs) == 8
@@ -85,22 +108,23 @@ def test_grid_sweep_over_lr_writes_the_best_rate_by_validation_accuracy(tmp_path
         assert cell["lr"] == max(mean, key=lambda lr: (mean[lr], -lr))
         assert cell["val_accuracy"] == pytest.approx(mean[cell["lr"]])
 
-    _cli("-m", "+tune=best", *common, "seed=2", cwd=tmp_path)
+    _cli_here(monkeypatch, capsys, "-m", "+tune=best", *common, "seed=2")
     final = _summaries(sweeps / "t" / "mlp_tuned")
     chosen = {c["label"].split()[0]: c["lr"] for c in best}
     assert {s["algorithm"]: s["config"]["optim"]["lr"] for s in final.values()} == chosen
 
     before = {p: p.stat().st_mtime_ns for p in tune.glob("*/summary.json")}
-    proc = _cli("-m", "+tune=lr", *common, "optim.lr=0.01,0.3", "log.progress=true", cwd=tmp_path)
-    assert proc.stdout.count("already complete, skipped") + proc.stderr.count("already complete, skipped") == 8
+    out = _cli_here(monkeypatch, capsys, "-m", "+tune=lr", *common, "optim.lr=0.01,0.3", "log.progress=true")
+    assert out.count("already complete, skipped") == 8
     assert before == {p: p.stat().st_mtime_ns for p in tune.glob("*/summary.json")}
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_optuna_sweep_over_lr_writes_the_best_rate_and_its_validation_accuracy(tmp_path: Path) -> None:
+def test_optuna_sweep_over_lr_writes_the_best_rate_and_its_validation_accuracy(tmp_path: Path, monkeypatch,
+                                                                               capsys) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    _cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize",
+    _cli_here(monkeypatch, capsys, "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize",
          "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log, interval(0.01, 1.0))", *TINY_ARGS, "max_steps=12",
          "+dataset.val_fraction=0.2", f"hydra.sweep.dir={tmp_path}")
     result = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
