@@ -36,6 +36,7 @@ def test_a_wrong_fraction_stops_with_one_line(tmp_path: Path) -> None:
         validate(make_cfg(*TINY, "+dataset.val_fraction=1.5"))
 
 
+@pytest.mark.slow
 def test_validation_accuracy_does_not_depend_on_the_test_data(tmp_path: Path) -> None:
     """The same run twice, the second with its test labels scrambled: the validation history
     (what tuning reads) is identical, the test history is not."""
