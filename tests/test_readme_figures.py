@@ -19,7 +19,7 @@ def _readme_block() -> list[str]:
 
 
 def test_the_readme_default_run_lines_are_the_stored_runs() -> None:
-    from distlib.metrics import _human_bytes
+    from distlib.progress import human_bytes as _human_bytes
     stored = json.loads((ROOT / "tests" / "data" / "default_run.json").read_text())
     by_step = {h["step"]: h for h in stored["history"]}
     lines = _readme_block()
