@@ -53,6 +53,8 @@ def register_configs() -> None:
     cs.store(group="cluster", name="default", node=schema.asdict_of(schema.ClusterConfig))
     for name in schema.compression_names():
         cs.store(group="compression", name=name, node={**schema.asdict_of(schema.CompressionConfig), "name": name})
+    for name in schema.fault_names():
+        cs.store(group="faults", name=name, node={**schema.asdict_of(schema.FaultsConfig), "name": name})
     for name in STRATEGIES:
         cs.store(group="algorithm", name=name, node={"name": name, **defaults_of(STRATEGIES.get(name))})
     for name in BACKENDS:

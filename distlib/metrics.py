@@ -238,6 +238,8 @@ class RunLogger:
                     continue
                 if math.isfinite(value):
                     tb.add_scalar(_tb_tag(key), value, step)
+            for r, down in enumerate(record.get("down_steps_per_worker") or []):   # faults=...
+                tb.add_scalar(f"down_steps/worker_{r}", down, step)
             # The same curves against virtual time (integer microseconds: TensorBoard steps are ints).
             for key in ("train_loss", "test_accuracy"):
                 if isinstance(record.get(key), float) and math.isfinite(record[key]):
@@ -292,6 +294,8 @@ class RunLogger:
                 f"train_loss {r['train_loss']:.4f}  test_acc {100 * acc:5.2f}%  "
                 f"consensus {r['consensus_distance']:.2e}  sent/worker {_human_bytes(r['bytes_sent'])}  "
                 f"virtual {r['virtual_s']:.1f}s  wall {r['wall_s']:.1f}s")
+        if "live_workers" in r:     # faults=...: how many took part, and each worker's down steps so far
+            line += f"  live {r['live_workers']}/{len(r['down_steps_per_worker'])}  down {r['down_steps_per_worker']}"
         self._say(line)
 
     def summary(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

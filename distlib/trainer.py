@@ -26,6 +26,8 @@ from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
 from distlib.data.datasets import on_device
 from distlib.device import comm_dtype, deterministic, device_kind
+from distlib.fault_step import fault_step
+from distlib.faults import build_schedule, check_faults, schedule_seed
 from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
@@ -79,6 +81,14 @@ class Trainer:
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.lr = LRSchedule(cfg.optim.lr, tuple(cfg.optim.milestones or ()), cfg.optim.gamma)
+        faults = OmegaConf.to_container(cfg.faults, resolve=True) if cfg.get("faults") else None
+        if faults:
+            check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed),
+                         algorithm=str(cfg.algorithm.get("name")), centralized=algo.centralized,
+                         asynchronous=isinstance(algo, AsyncStrategy),
+                         fault_tolerance=cfg.backend.get("fault_tolerance"))
+        self.faults = build_schedule(faults, n, cfg.seed)
+        self.fault_cfg = faults or {}
         # Finds and checks the checkpoint to resume from now, before any work starts.
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
                                          steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
@@ -120,7 +130,11 @@ class Trainer:
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
             comm.speed = self.cluster.speed(comm.rank, step)    # stragglers and transient slowdowns
             self.lr.apply(worker, ctx.epoch)
-            train_step(ctx, strategy, loop, self.step_time)
+            if self.faults is None:
+                train_step(ctx, strategy, loop, self.step_time)
+            else:       # a down worker skips the step (distlib/fault_step.py)
+                fault_step(ctx, strategy, loop, self.faults, rejoin=self.fault_cfg["rejoin"],
+                           detect_s=self.fault_cfg["detect_s"], step_time=self.step_time)
             if self.logger is not None:     # this process's rank 0 records the run
                 self.logger.step_done(step + 1, ctx.loss)
 
@@ -197,7 +211,8 @@ class Trainer:
                       total_steps=self.total_steps, seed=seed_for(cfg.seed, "strategy"), lr=self.lr,
                       workers=cfg.workers, eval_every=self.eval_every,
                       test_set=on_device(self.dataset.test, device),
-                      checkpoint_due=self.checkpointer.due, compressor=build_compressor(cfg.get("compression")))
+                      checkpoint_due=self.checkpointer.due, compressor=build_compressor(cfg.get("compression")),
+                      faults=self.faults)
         self.workers[rank], self.strategies[rank] = worker, strategy
         return ctx, strategy
 
@@ -219,13 +234,20 @@ class Trainer:
         """A history record (on rank 0; {} elsewhere). A collective over all ranks; not counted
         as training traffic or time."""
         comm, worker = ctx.comm, ctx.worker
+        live = None if self.faults is None else self.faults.live(ctx.step)
         with comm.uncounted():
             x = worker.flat_params()
-            xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            if live is None:
+                xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            else:   # the live workers' mean: what a user of the surviving replicas gets
+                mine = comm.rank in live
+                xbar = comm.all_reduce(x.detach().clone() if mine else torch.zeros_like(x), op="sum") / len(live)
             has_loss = math.isfinite(train_loss)    # a service rank has no train loss
-            dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss if has_loss else 0.0,
+            own_dist = float(((x - xbar) ** 2).sum()) if live is None or comm.rank in live else 0.0
+            dist = comm.all_reduce(torch.tensor([own_dist, train_loss if has_loss else 0.0,
                                                  float(has_loss)], dtype=torch.float64), op="sum")
-            dist[0], dist[1] = dist[0] / comm.world_size, dist[1] / max(float(dist[2]), 1.0)
+            dist[0] = dist[0] / (comm.world_size if live is None else len(live))
+            dist[1] = dist[1] / max(float(dist[2]), 1.0)
             test = on_device(self.dataset.test, worker.device)     # copied there once
             own = worker.evaluate(test) if self.cfg.eval.per_worker and (
                 self.eval_ranks is None or comm.rank in self.eval_ranks) else None
@@ -255,6 +277,8 @@ class Trainer:
             record.update(worker_accuracy_min=float(acc.min()), worker_accuracy_max=float(acc.max()),
                           worker_accuracy_mean=float(acc.mean()))
         record.update({k: float(v) for k, v in zip(names, extra_mean)})
+        if self.faults is not None and live is not None:     # consensus_distance is among the live ones
+            record.update(live_workers=len(live), down_steps_per_worker=self.faults.down_steps_of(ctx.step + 1))
         return record
 
 

@@ -169,6 +169,8 @@ class DistCommunicator(Communicator):
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op not in _OPS:
             raise ValueError(f"all_reduce: unknown op {op!r}; allowed: {', '.join(_OPS)}")
+        if self.group is not None:
+            return self._group_all_reduce(tensor, op)
         self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
         with self._op(f"all_reduce(op={op})"):
             w = self._wire(tensor)
@@ -184,6 +186,8 @@ class DistCommunicator(Communicator):
         """Start the all-reduce (async_op); ``wait()`` completes it and leaves the result in ``tensor``."""
         if op not in ("sum", "mean"):
             raise ValueError(f"all_reduce_start: unknown op {op!r}; allowed: sum, mean")
+        if self.group is not None:
+            return super().all_reduce_start(tensor, op)
         self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
         what = f"all_reduce_start(op={op})"
         with self._op(what):
@@ -198,6 +202,8 @@ class DistCommunicator(Communicator):
         return _DistHandle(self, work, what, done)
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.group is not None:
+            raise NotImplementedError("broadcast over a group of live ranks (faults) is not implemented")
         self._count(*collective_bytes("broadcast", tensor, self.world_size, self.rank, src))
         with self._op(f"broadcast(src={src})"):
             w = self._wire(tensor)
@@ -206,6 +212,8 @@ class DistCommunicator(Communicator):
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if self.group is not None:
+            raise NotImplementedError("all_gather over a group of live ranks (faults) is not implemented")
         n = self.world_size
         self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         with self._op("all_gather()"):
@@ -227,17 +235,39 @@ class DistCommunicator(Communicator):
         k, b = len(peers), nbytes(tensor)
         self._count(b * k, b * k, messages=k)
         with self._op(f"exchange(peers={peers})"):
-            w = self._wire(tensor)
-            got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
-            # Sends and receives in ONE batched call: no order of peers can deadlock.
-            ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
-            ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
-            if ops:
-                self._wait(dist.batch_isend_irecv(ops))
+            w, got = self._swap(tensor, peers)
         home = self.device or tensor.device    # delivered on this worker's device
         if got and w.device != home:
             got = {p: g.to(home) for p, g in got.items()}
         return got
+
+    def _swap(self, tensor: torch.Tensor, peers: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Send ``tensor`` to every peer and receive theirs: (the wire tensor, {peer: tensor})."""
+        w = self._wire(tensor)
+        got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
+        # Sends and receives in ONE batched call: no order of peers can deadlock.
+        ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
+        ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
+        if ops:
+            self._wait(dist.batch_isend_irecv(ops))
+        return w, got
+
+    def _group_all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """All-reduce over ``group`` (the live ranks under faults) without a process group per
+        live set (torch.distributed would need every rank, dead ones too, to create each): every
+        member swaps its tensor with every other and reduces the same stack in rank order, as
+        the simulator does. Counted as a ring all-reduce over the group (what a real one costs)."""
+        members = self.group
+        assert members is not None and self.rank in members, "a rank outside the live group called a collective"
+        self._count(*collective_bytes("all_reduce", tensor, len(members), self.rank))
+        with self._op(f"all_reduce(op={op}, group={list(members)})"):
+            w, got = self._swap(tensor, [r for r in members if r != self.rank])
+            got[self.rank] = w
+            stacked = torch.stack([got[r] for r in members])
+            red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / len(members),
+                   "max": lambda s: s.max(0).values, "min": lambda s: s.min(0).values}[op](stacked)
+            tensor.detach().copy_(red.to(tensor.device))
+        return tensor
 
     # -- point to point ---------------------------------------------------------------------
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
