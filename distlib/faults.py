@@ -83,7 +83,7 @@ class FaultSchedule:
             int(partition.get("start", 0)), int(partition.get("end", 2 ** 62)))
         # churn, replayed from step 0: _down_until[r] = first step at which r is back
         self._live: list[frozenset[int]] = []
-        self._down_until = [0] * n
+        self._down_until = [-1] * n
 
     @property
     def active(self) -> bool:
@@ -104,7 +104,8 @@ class FaultSchedule:
             rng = np.random.default_rng([self.seed, 2, t])      # the same draws at t whoever asks
             leave, length = rng.random(self.n), rng.geometric(1.0 / self.mean_down, self.n)
             for r in range(self.n):
-                if self._down_until[r] <= t and leave[r] < self.p_leave:
+                # only a worker live at t - 1 can leave at t: one that is back at t stays up a step
+                if self._down_until[r] < t and leave[r] < self.p_leave:
                     d = int(length[r]) if self.max_down is None else min(int(length[r]), self.max_down)
                     self._down_until[r] = t + d
                 if self._down_until[r] > t:
@@ -152,6 +153,10 @@ class FaultSchedule:
 def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *, algorithm: str, centralized: bool,
                  asynchronous: bool, fault_tolerance: str | None = None) -> None:
     """One-line ConfigErrors for a faults group that cannot run (before any work)."""
+    if fault_tolerance == "torchft" and not centralized:
+        raise ConfigError(f"backend.fault_tolerance: torchft needs a centralized algorithm (allreduce_sgd, "
+                          f"local_sgd, diloco), got {algorithm}; decentralized ones survive faults=... in "
+                          f"simulation only")
     name = cfg.get("name", "none")
     if name == "none":
         for key in ("ranks", "fraction", "p_leave", "p_drop", "partition"):
@@ -184,10 +189,6 @@ def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *,
     if algorithm == "choco_sgd":
         raise ConfigError("faults: choco_sgd keeps each neighbour's public copy x_hat_j, which a lost "
                           "message leaves inconsistent; not supported (see docs/faults.md)")
-    if fault_tolerance == "torchft" and not centralized:
-        raise ConfigError(f"backend.fault_tolerance: torchft needs a centralized algorithm (allreduce_sgd, "
-                          f"local_sgd, diloco), got {algorithm}; decentralized ones survive faults=... in "
-                          f"simulation only")
     if set(cfg.get("ranks") or []) >= set(range(n)):
         raise ConfigError(f"faults.ranks: crashes all {n} workers at once; {algorithm} needs one live worker")
     t = FaultSchedule(n, seed, **_fields(cfg)).first_all_down(total_steps)

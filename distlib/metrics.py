@@ -311,6 +311,9 @@ class RunLogger:
             "time": {"wall_s": self.wall(), "virtual_s": last.get("virtual_s", 0.0)},
             "history": [{k: v for k, v in h.items() if not isinstance(v, list)} for h in self.history],
         })
+        if "down_steps_per_worker" in last:     # faults=...: each worker's down time, the live ones now
+            out["faults"] = {"down_steps_per_worker": last["down_steps_per_worker"],
+                             "live_workers": last.get("live_workers")}
         out.update(extra or {})
         return out
 
