@@ -257,8 +257,13 @@ class Trainer:
             gathered = comm.all_gather(per_worker)
             extra = strategy.scalars()
             names = sorted(extra)
-            extra_mean = comm.all_reduce(torch.tensor([extra[k] for k in names], dtype=torch.float64),
-                                         op="mean") if names else torch.zeros(0)
+            if names and live is not None:     # faults: the mean over the workers that have a figure
+                v = torch.tensor([extra[k] for k in names], dtype=torch.float64)
+                both = comm.all_reduce(torch.cat([torch.nan_to_num(v), v.isfinite().double()]), op="sum")
+                extra_mean = both[:len(names)] / both[len(names):]
+            else:
+                extra_mean = comm.all_reduce(torch.tensor([extra[k] for k in names], dtype=torch.float64),
+                                             op="mean") if names else torch.zeros(0)
             if comm.rank != 0:
                 return {}
             table = torch.stack(gathered)

@@ -39,7 +39,7 @@ def test_schedule_depends_only_on_seed_and_step():
 
 
 def test_churn_leaves_at_p_leave_and_stays_down_a_geometric_time():
-    p, mean, n, steps = 0.02, 5.0, 50, 4000
+    p, mean, n, steps = 0.02, 5.0, 40, 3000
     s = FaultSchedule(n, 3, p_leave=p, mean_down_steps=mean)
     downs, leaves, exposures = [], 0, 0
     run = [0] * n
@@ -202,6 +202,7 @@ def test_same_faults_same_history_and_resume_mid_churn(tmp_path, monkeypatch, al
     assert comparable(summary3) == comparable(summary)
 
 
+@pytest.mark.slow
 def test_live_metrics_and_detection_time(tmp_path):
     """Rank 3 down for steps 2..5: 3 live workers in the record at step 3, its down time, and a
     detection timeout charged once (to its ring neighbours, ranks 0 and 2)."""
@@ -254,12 +255,22 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,expected", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_fault_config_is_one_line(tmp_path, monkeypatch, capsys, overrides, expected):
     from support import cli_in_process
     code, lines = cli_in_process([*TINY, "workers=4", "max_steps=40", *overrides,
                                   f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+
+
+def test_bad_fault_config_stops_before_any_work(tmp_path):
+    """The fast tier's share of the cases above: the Trainer refuses them with one line."""
+    from distlib.trainer import Trainer
+    for overrides, expected in (BAD[4],):
+        with pytest.raises(ConfigError) as e:
+            Trainer(make_cfg(*TINY, "workers=4", "max_steps=40", *overrides), tmp_path / "run")
+        assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_torchft_refuses_a_decentralized_algorithm():
