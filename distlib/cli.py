@@ -13,7 +13,7 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from distlib import console
-from distlib.errors import ConfigError, DivergenceError
+from distlib.errors import CommError, ConfigError, DivergenceError
 from distlib.options import unknown_key
 
 if TYPE_CHECKING:
@@ -35,10 +35,16 @@ def run(cfg: DictConfig) -> dict | None:
 def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
     """``interrupted by SIGINT at step 40 of 600; checkpoint written; resume with: distlib-train
     ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a sweep)."""
-    import shlex
     head = str(e)
     if e.checkpoint is None:
         return f"{head}; no checkpoint (checkpoint.enabled=false): nothing to resume from"
+    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {resume_command(cfg)}"
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """``distlib-train ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a
+    sweep), under torchrun with its launcher."""
+    import shlex
     hc = HydraConfig.get()
     keep = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     cmd = ["distlib-train", *keep, "resume=true", f"hydra.run.dir={Path(hc.runtime.output_dir).resolve()}"]
@@ -48,7 +54,7 @@ def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
         launch = ["torchrun", f"--nproc_per_node={local}"] if nodes == 1 else \
             ["torchrun", "<your torchrun options>"]
         cmd = [*launch, "--no-python", *cmd]
-    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {shlex.join(cmd)}"
+    return shlex.join(cmd)
 
 
 def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
@@ -75,7 +81,9 @@ def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from distlib.comm import heartbeat
     from distlib.interrupt import Interrupted
+    heartbeat.RESUME_HINT = resume_command(cfg)     # a frozen peer ends the run from another thread
     try:
         run(cfg)
     except Interrupted as e:
@@ -94,6 +102,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         # NaN or inf: one line naming worker, step and last finite loss; checkpoints are kept.
         console.error(f"diverged: {e}")
         sys.exit(3)
+    except CommError as e:
+        # A peer died (or froze, or called something else): one line naming it, and how to go on.
+        console.error(f"{' '.join(str(e).split())}; resume with: {resume_command(cfg)}")
+        sys.exit(heartbeat.EXIT_PEER_LOST)
 
 
 def main() -> None:

@@ -96,6 +96,9 @@ class Trainer:
         if isinstance(algo, AsyncStrategy):
             from distlib.async_loop import AsyncLoop
             self._loop = AsyncLoop(self, algo)
+        elif cfg.backend.get("fault_tolerance") == "torchft":     # replicas that die and rejoin (distlib/ft.py)
+            from distlib.ft import FTLoop
+            self._loop = FTLoop(self)
         self.workers, self.strategies, self.logger = {}, {}, None
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)

@@ -1,11 +1,13 @@
 """The "Under faults" grid of docs/results.md: D-PSGD, AL-DSGD, MATCHA and AllReduce-SGD under
 churn and link drops (8 workers, MLP, the AL-DSGD paper regime), resumable.
 
-    python scripts/faults_grid.py --seeds 3 --epochs 5            # run what is missing
-    python scripts/faults_grid.py --seeds 3 --epochs 5 --report   # the table and figures
+    python scripts/faults_grid.py --seeds 3 --steps 120            # run what is missing
+    python scripts/faults_grid.py --seeds 3 --steps 120 --report   # the table and figures
 
-Runs go to RUNS/faults_eN/SETTING/ALGORITHM/seedK. Every run is ``+experiment=aldsgd_paper``
-(8 workers, IID, lr 0.4, batch 16, W = I - alpha L, matcha_er8) with ``model=mlp`` and:
+Runs go to RUNS/faults_sN/SETTING/ALGORITHM/seedK. Every run is ``+experiment=aldsgd_paper``
+(8 workers, IID, lr 0.4, batch 16, W = I - alpha L, matcha_er8) with a small MLP
+(``model=mlp model.hidden=[32]``: the machine this was measured on had 2 shared cores),
+``max_steps=N``, an evaluation every 10 steps, and:
 
 - churn: ``faults=churn faults.p_leave=P faults.mean_down_steps=10`` (P = 0.01, 0.05);
 - links: ``faults=links faults.p_drop=P`` (P = 0.1, 0.3);
@@ -33,15 +35,16 @@ SETTINGS = {"none": (), "churn0.01": ("faults=churn", "faults.p_leave=0.01", "fa
             "drop0.1": ("faults=links", "faults.p_drop=0.1"), "drop0.3": ("faults=links", "faults.p_drop=0.3")}
 
 
-def jobs(root: Path, seeds: int, epochs: int) -> list[Job]:
+def jobs(root: Path, seeds: int, steps: int) -> list[Job]:
     out = []
     for setting, fo in SETTINGS.items():
         for algo, ao in ALGORITHMS.items():
             rejoin = ("faults.rejoin=neighbor",) if algo == "allreduce_sgd" and fo else ()
             for s in range(seeds):
                 out.append(Job(f"{setting}/{algo} seed={s}", root / setting / algo / f"seed{s}",
-                               ("+experiment=aldsgd_paper", "model=mlp", f"epochs={epochs}", f"seed={s}",
-                                "log.tensorboard=false", "log.progress=false", *ao, *fo, *rejoin)))
+                               ("+experiment=aldsgd_paper", f"seed={s}", "model=mlp", "model.hidden=[32]",
+                                f"max_steps={steps}", "eval_every=10", "log.tensorboard=false",
+                                "log.progress=false", *ao, *fo, *rejoin)))
     return out
 
 
@@ -108,17 +111,17 @@ def report(root: Path, seeds: int, out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--figures", type=Path, default=Path("docs/results"))
     a = ap.parse_args(argv)
-    root = a.runs / f"faults_e{a.epochs}"
+    root = a.runs / f"faults_s{a.steps}"
     if a.report:
         print(report(root, a.seeds, a.figures))
         return
     # seeds first: a partial grid is a complete one with fewer seeds
-    todo = sorted(jobs(root, a.seeds, a.epochs), key=lambda j: j.overrides[3])
+    todo = sorted(jobs(root, a.seeds, a.steps), key=lambda j: j.overrides[1])
     run_jobs(todo, parallel=1)
 
 

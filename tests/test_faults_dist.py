@@ -61,3 +61,79 @@ def test_crash_schedule_same_history_on_gloo_as_simulated(fault_runs: Path, over
     for r in range(WORLD):
         x = torch.load(fault_runs / f"case{i}" / f"params_{r}.pt")
         assert (x - trainer.workers[r].flat_params()).abs().max() < 1e-5, f"rank {r}"
+
+
+# -- real faults: a rank killed or frozen ------------------------------------------------------------
+class CliRanks:
+    """``world`` ranks of ``python -m distlib OVERRIDES backend=torch`` (the CLI, as torchrun starts it)."""
+
+    def __init__(self, tmp: Path, overrides: list[str], world: int = WORLD) -> None:
+        port = free_port()
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        self.logs = [open(tmp / f"rank{r}.log", "w+") for r in range(world)]
+        self.procs = [subprocess.Popen([sys.executable, "-m", "distlib", *overrides, f"hydra.run.dir={tmp / 'run'}"],
+                                       env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world)),
+                                       cwd=tmp, stdout=self.logs[r], stderr=subprocess.STDOUT)
+                      for r in range(world)]
+
+    def output(self, rank: int) -> str:
+        self.logs[rank].seek(0)
+        return self.logs[rank].read()
+
+    def __enter__(self) -> "CliRanks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
+        for f in self.logs:
+            f.close()
+
+
+def _under_way(job: CliRanks, run_dir: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not (run_dir / "summary.json").exists():     # training is under way
+        assert time.monotonic() < deadline and job.procs[0].poll() is None, job.output(0)
+        time.sleep(0.1)
+
+
+LONG = [*TINY, f"workers={WORLD}", "max_steps=1000000", "eval_every=5", "algorithm=dpsgd", "topology=ring",
+        "backend=torch", "backend.dist=gloo"]
+
+
+def test_killed_rank_is_named_by_every_survivor_in_one_line(tmp_path: Path) -> None:
+    timeout_s = 20
+    with CliRanks(tmp_path, [*LONG, f"backend.timeout_s={timeout_s}"]) as job:
+        _under_way(job, tmp_path / "run")
+        job.procs[3].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        codes = [p.wait(timeout_s + 30) for p in job.procs]
+        took = time.monotonic() - killed
+        assert codes[3] == -signal.SIGKILL
+        for r in range(3):
+            out = job.output(r)
+            lines = [ln for ln in out.splitlines() if "rank 3 died" in ln]
+            assert codes[r] == 4, out[-2000:]
+            assert len(lines) == 1 and lines[0].startswith(f"rank {r}: rank 3 died; "), out[-2000:]
+            assert "failed at step" in lines[0]
+            assert "resume with: torchrun --nproc_per_node=4 --no-python distlib-train" in lines[0]
+            assert "resume=true" in lines[0] and "Traceback" not in out, out[-2000:]
+        assert took < timeout_s, took
+
+
+def test_frozen_rank_is_found_by_the_heartbeat_long_before_the_timeout(tmp_path: Path) -> None:
+    """SIGSTOP: gloo would wait the full backend.timeout_s (300 s); the heartbeat sees it in ~4 s."""
+    with CliRanks(tmp_path, [*LONG, "backend.heartbeat_timeout_s=4"]) as job:
+        _under_way(job, tmp_path / "run")
+        job.procs[2].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        codes = [job.procs[r].wait(60) for r in (0, 1, 3)]
+        took = time.monotonic() - stopped
+        for r, code in zip((0, 1, 3), codes):
+            out = job.output(r)
+            assert code == 4 and "Traceback" not in out, out[-2000:]
+            assert [ln for ln in out.splitlines() if "rank 2 stopped answering" in ln], out[-2000:]
+        assert took < 30, took

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from distlib.comm.base import BACKENDS, Backend, Communicator, Counters, Handle, collective_bytes, nbytes
+from distlib.comm.heartbeat import Heartbeat
 from distlib.errors import CommError, ConfigError
 from distlib.options import choice, number
 
@@ -115,6 +116,8 @@ class DistCommunicator(Communicator):
         self.wire = wire or torch.device("cpu")
         self._seg = time.perf_counter()     # start of the current compute segment
         self._pending_sends: list[_DistHandle] = []
+        #: names the rank that died after a communication error (set by TorchBackend.run)
+        self.heartbeat: Heartbeat | None = None
         self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
 
     # -- time and errors -------------------------------------------------------------------
@@ -133,6 +136,10 @@ class DistCommunicator(Communicator):
             yield
         except RuntimeError as e:   # gloo/NCCL errors and timeouts are RuntimeErrors
             where = f"step {self.step}" if self.step >= 0 else "before the first step"
+            lost = self.heartbeat.silent() if self.heartbeat is not None else []
+            if lost:    # a peer stopped beating: say which, not gloo's "Connection reset by peer"
+                who = ", ".join(map(str, lost))
+                raise CommError(f"rank {self.rank}: rank {who} died; {what} failed at {where}") from e
             raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
                             f"a peer may have died or called a different operation): {e}") from e
         now = time.perf_counter()
@@ -338,6 +345,7 @@ def _check_tag(tag: int) -> None:
 
 
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+FAULT_TOLERANCE = ("none", "torchft")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -345,9 +353,23 @@ _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 class TorchBackend(Backend):
     """One worker in this process; the others are the other ranks of the process group."""
 
-    def __init__(self, workers: int, dist: str = "auto", timeout_s: float = 300.0) -> None:
+    def __init__(self, workers: int, dist: str = "auto", timeout_s: float = 300.0, heartbeat_s: float = 1.0,
+                 heartbeat_timeout_s: float = 30.0, fault_tolerance: str = "none") -> None:
+        """``timeout_s``: the longest any call may wait; ``heartbeat_s``: seconds between the
+        heartbeats that name a dead rank and find a frozen one (0: none); ``heartbeat_timeout_s``:
+        a rank silent this long is reported as frozen and the run stops (a slow step does not
+        count: the beat has its own thread); ``fault_tolerance``: none, or torchft (replicas
+        that die are left behind and rejoin; allreduce_sgd, local_sgd, diloco; docs/faults.md)."""
         choice("backend.dist", dist, DIST_BACKENDS)
         self.timeout_s = number("backend.timeout_s", timeout_s, gt=0)
+        self.heartbeat_s = number("backend.heartbeat_s", heartbeat_s, ge=0)
+        self.heartbeat_timeout_s = number("backend.heartbeat_timeout_s", heartbeat_timeout_s, gt=0)
+        self.fault_tolerance = choice("backend.fault_tolerance", fault_tolerance, FAULT_TOLERANCE)
+        if fault_tolerance == "torchft":    # one process per replica, no torch.distributed job (distlib/ft.py)
+            from distlib.ft import replica_id
+            self.rank, self.world_size, self.local_ranks = replica_id(workers), workers, [replica_id(workers)]
+            self.local_rank, self.dist, self.device, self.wire, self.comm = 0, "gloo", None, torch.device("cpu"), None
+            return
         self.rank, self.world_size = _rank_and_world()
         if workers != self.world_size:
             raise ConfigError(f"workers: the run needs {workers} ranks (workers plus the algorithm's service "
@@ -367,6 +389,11 @@ class TorchBackend(Backend):
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
+        if self.fault_tolerance == "torchft":
+            from distlib.ft import FTCommunicator
+            self.comm = FTCommunicator(self.rank, self.world_size, self.timeout_s)      # type: ignore[assignment]
+            result = fn(self.comm)
+            return result if self.rank == 0 else None
         owns_group = not dist.is_initialized()
         if owns_group:
             self._join()
@@ -377,6 +404,9 @@ class TorchBackend(Backend):
             # P2P call of a group must not be the one that sets up its connections (NCCL).
             with comm.uncounted():
                 comm.barrier()
+            if self.heartbeat_s and self.world_size > 1 and "MASTER_PORT" in os.environ:
+                comm.heartbeat = Heartbeat(self.rank, self.world_size, self.heartbeat_s,
+                                           self.heartbeat_timeout_s, self.timeout_s, step=lambda: comm.step).start()
             result = fn(comm)
             with comm.uncounted():
                 comm.finish()
@@ -384,6 +414,8 @@ class TorchBackend(Backend):
             ok = True
             return result if self.rank == 0 else None
         finally:
+            if self.comm is not None and self.comm.heartbeat is not None:
+                self.comm.heartbeat.stop()
             if owns_group:
                 _leave(ok)
 

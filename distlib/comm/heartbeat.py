@@ -32,20 +32,23 @@ RESUME_HINT: str | None = None
 EXIT_PEER_LOST = 4
 
 
-def report_line(me: int, lost: list[int], how: str, step: int) -> str:
-    """``rank 3 died (seen by rank 1 at step 57: ...); resume with: ...``"""
+def report_line(me: int, lost: list[int], how: str, step: int, hint: bool = True) -> str:
+    """``rank 3 died (seen by rank 1 at step 57); resume with: ...``"""
     who = "rank " + ", ".join(map(str, lost)) if lost else "a peer"
     where = f"step {step}" if step >= 0 else "before the first step"
-    line = f"peer lost: {who} {how} (seen by rank {me} at {where})"
-    return f"{line}; resume with: {RESUME_HINT}" if RESUME_HINT else line
+    line = f"rank {me}: {who} {how} at {where}"
+    return f"{line}; resume with: {RESUME_HINT}" if hint and RESUME_HINT else line
 
 
 class Heartbeat:
     """This rank's beat and its view of the others' (see the module docstring)."""
 
-    def __init__(self, rank: int, world: int, every_s: float, timeout_s: float,
+    def __init__(self, rank: int, world: int, every_s: float, timeout_s: float, comm_timeout_s: float,
                  step: Callable[[], int] = lambda: -1) -> None:
+        """``timeout_s``: silence that makes a rank frozen; ``comm_timeout_s``: backend.timeout_s,
+        within which every rank must be gone after an error."""
         self.rank, self.world, self.every_s, self.timeout_s = rank, world, every_s, timeout_s
+        self.comm_timeout_s = comm_timeout_s
         self.step = step
         addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "0"))
         # a client of its own: the thread never shares a connection with the process group
@@ -63,7 +66,13 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        """A clean end: the others must not take this rank's silence for a freeze."""
+        if not self._stop.is_set():
+            self._stop.set()
+            try:
+                self.store.set(f"left/{self.rank}", "1")
+            except Exception:   # noqa: BLE001  the store's host may be gone already
+                pass
 
     # -- the thread ----------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -99,24 +108,43 @@ class Heartbeat:
             else:
                 how = f"stopped answering for over {self.timeout_s:g} s (frozen)"
             if frozen and not self._stop.is_set():
-                print(report_line(self.rank, frozen, how, self.step()), file=sys.stderr, flush=True)
+                line = report_line(self.rank, frozen, how, self.step())
+                if frozen != [0] or self.rank == 0:
+                    self._linger(frozen)
+                print(line, file=sys.stderr, flush=True)
                 os._exit(EXIT_PEER_LOST)     # the main thread may sit in a gloo wait for minutes
+
+    def _linger(self, lost: list[int]) -> None:
+        """Say this rank is leaving; if it holds the store (rank 0 without a launcher's store),
+        stay until every survivor has said so too, within backend.timeout_s."""
+        try:
+            self.store.set(f"left/{self.rank}", "1")
+            if self.rank != 0 or os.environ.get("TORCHELASTIC_RUN_ID"):
+                return
+            deadline = time.monotonic() + 0.6 * self.comm_timeout_s
+            while time.monotonic() < deadline and not all(self._left(r) for r in range(self.world) if r not in lost):
+                time.sleep(self.every_s / 4)
+        except Exception:   # noqa: BLE001
+            pass
 
     # -- after an error ---------------------------------------------------------------------------
     def silent(self) -> list[int]:
         """The ranks that stopped beating (dead), waiting ~3 beats to be sure; not those that
         left because of the error themselves."""
         self._stop.set()    # the watchdog's job is done: this rank is stopping anyway
+        self._t0 = time.monotonic()
         try:
             self.store.set(f"left/{self.rank}", "1")
             before = self._read()
-            time.sleep(3 * self.every_s)
+            time.sleep(min(3 * self.every_s, self.comm_timeout_s / 5))
             after = self._read()
             lost = [r for r in range(self.world) if r != self.rank and before.get(r) == after.get(r)
                     and not self._left(r)]
             if self.rank == 0 and not os.environ.get("TORCHELASTIC_RUN_ID"):
-                # this process holds the store: stay until the others have read it
-                deadline = time.monotonic() + 6 * self.every_s
+                # This process holds the store (no launcher's): stay until every survivor has
+                # read it, within the run's own timeout; the others leave at once, so that a
+                # rank blocked on one of them gets its error now, not at its timeout.
+                deadline = self._t0 + 0.6 * self.comm_timeout_s
                 while time.monotonic() < deadline and not all(self._left(r) for r in range(self.world)
                                                               if r not in lost):
                     time.sleep(self.every_s / 4)
