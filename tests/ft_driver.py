@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,7 +19,12 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_cfg
+    import distlib.ft as ft
     from distlib.trainer import Trainer
+    # a real step takes milliseconds here: pace the replicas so that a restarted one (seconds to
+    # start) finds the others still training
+    pace, step = float(spec.get("step_sleep_s", 0.0)), ft.train_step
+    ft.train_step = lambda *a, **k: (time.sleep(pace), step(*a, **k))[1]
     r = int(os.environ["DISTLIB_REPLICA"])
     trainer = Trainer(make_cfg(*spec["overrides"]), Path(spec["run_dir"]) / f"replica{r}")
     trainer.run()

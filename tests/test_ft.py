@@ -21,7 +21,7 @@ torchft = pytest.importorskip("torchft")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 DRIVER = Path(__file__).with_name("ft_driver.py")
-STEPS = 300
+STEPS = 700
 
 
 def _steps(path: Path) -> list[int]:
@@ -33,8 +33,8 @@ def test_killed_replica_rejoins_from_a_live_peer_and_the_others_lose_no_step(tmp
     lighthouse = LighthouseServer(bind="127.0.0.1:0", min_replicas=2, join_timeout_ms=1000,
                                   heartbeat_timeout_ms=2000)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"run_dir": str(tmp_path), "overrides": [
-        *TINY, "workers=3", f"max_steps={STEPS}", "eval_every=100", "algorithm=allreduce_sgd",
+    spec.write_text(json.dumps({"run_dir": str(tmp_path), "step_sleep_s": 0.03, "overrides": [
+        *TINY, "workers=3", f"max_steps={STEPS}", "eval_every=400", "algorithm=allreduce_sgd",
         "backend=torch", "backend.fault_tolerance=torchft", "backend.timeout_s=10", "checkpoint.enabled=false"]}))
     logs, procs = {}, {}
 
@@ -56,7 +56,7 @@ def test_killed_replica_rejoins_from_a_live_peer_and_the_others_lose_no_step(tmp
         at_kill = [len(_steps(tmp_path / f"steps{r}.txt")) for r in (0, 1)]
         start(2, "_restarted")
         codes = [procs[r].wait(240) for r in range(3)]
-        assert codes == [0, 0, 0], [(tmp_path / f"replica{r}.log").read_text()[-3000:] for r in (0, 1)]
+        assert codes == [0, 0, 0], (codes, (tmp_path / "replica2_restarted.log").read_text()[-5000:])
     finally:
         for p in procs.values():
             if p.poll() is None:
