@@ -151,12 +151,8 @@ class FaultSchedule:
 
 
 def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *, algorithm: str, centralized: bool,
-                 asynchronous: bool, fault_tolerance: str | None = None) -> None:
+                 asynchronous: bool) -> None:
     """One-line ConfigErrors for a faults group that cannot run (before any work)."""
-    if fault_tolerance == "torchft" and not centralized:
-        raise ConfigError(f"backend.fault_tolerance: torchft needs a centralized algorithm (allreduce_sgd, "
-                          f"local_sgd, diloco), got {algorithm}; decentralized ones survive faults=... in "
-                          f"simulation only")
     name = cfg.get("name", "none")
     if name == "none":
         for key in ("ranks", "fraction", "p_leave", "p_drop", "partition"):

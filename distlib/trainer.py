@@ -85,8 +85,7 @@ class Trainer:
         if faults:
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed),
                          algorithm=str(cfg.algorithm.get("name")), centralized=algo.centralized,
-                         asynchronous=isinstance(algo, AsyncStrategy),
-                         fault_tolerance=cfg.backend.get("fault_tolerance"))
+                         asynchronous=isinstance(algo, AsyncStrategy))
         self.faults = build_schedule(faults, n, cfg.seed)
         self.fault_cfg = faults or {}
         # Finds and checks the checkpoint to resume from now, before any work starts.
