@@ -182,9 +182,6 @@ def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *,
     if asynchronous:
         raise ConfigError(f"faults: {algorithm} is asynchronous; faults are modelled for the synchronous "
                           f"algorithms only (see docs/faults.md)")
-    if algorithm == "choco_sgd":
-        raise ConfigError("faults: choco_sgd keeps each neighbour's public copy x_hat_j, which a lost "
-                          "message leaves inconsistent; not supported (see docs/faults.md)")
     if set(cfg.get("ranks") or []) >= set(range(n)):
         raise ConfigError(f"faults.ranks: crashes all {n} workers at once; {algorithm} needs one live worker")
     t = FaultSchedule(n, seed, **_fields(cfg)).first_all_down(total_steps)
