@@ -43,9 +43,8 @@ def fault_step(ctx: "Context", strategy: "Strategy", loop: LoopState, faults: Fa
             _rejoin(ctx, faults, rejoin, strategy.centralized)
         peers = range(ctx.world_size) if strategy.centralized else ctx.graph().neighbors(i)
         lost = faults.lost_peers(t, i, (j for j in peers if j != i))
-        if lost and detect_s and comm._counting:
-            comm.counters.clock += detect_s       # a real worker waits out its timeout first
-            comm.counters.comm_time += detect_s
+        if lost and detect_s:
+            comm.add_wait(detect_s)         # a real worker waits out its timeout first
         train_step(ctx, strategy, loop, step_time)
     finally:
         comm.group = None

@@ -180,6 +180,13 @@ class Communicator(ABC):
         """Advance this worker's virtual clock by ``seconds`` of compute at speed 1."""
         self.counters.clock += seconds / self.speed
 
+    def add_wait(self, seconds: float) -> None:
+        """Advance this worker's virtual clock by ``seconds`` spent waiting on communication
+        (a timeout before a dead peer is given up, ``faults.detect_s``); nothing when uncounted."""
+        if self._counting:
+            self.counters.clock += seconds
+            self.counters.comm_time += seconds
+
     def _flush(self) -> None:
         """Backends that measure compute time add the time since the last call here."""
 
