@@ -30,6 +30,8 @@ CASES = [
     ["algorithm=dpsgd", "topology=ring", "faults=crash", "faults.ranks=[1,2]", "faults.at_step=2",
      "faults.down_steps=4", "faults.p_drop=0.2", "faults.rejoin=neighbor"],
     ["algorithm=local_sgd", "algorithm.period=3", "faults=crash", "faults.ranks=[0]", "faults.at_step=3"],
+    # late delivery of the lost differences: point-to-point catch-up messages
+    ["algorithm=choco_sgd", "compression=qsgd", "topology=ring", "faults=links", "faults.p_drop=0.3"],
 ]
 
 
@@ -57,7 +59,7 @@ def test_crash_schedule_same_history_on_gloo_as_simulated(fault_runs: Path, over
         assert a["test_accuracy"] == b["test_accuracy"], a["step"]
         assert a["bytes_sent"] == b["bytes_sent"] and a["bytes_recv"] == b["bytes_recv"], a["step"]
     assert real["faults"] == sim["faults"] and real["comm"] == sim["comm"]
-    assert min(h["live_workers"] for h in sim["history"]) < WORLD
+    assert min(h["live_workers"] for h in sim["history"]) < WORLD or "faults=links" in overrides
     for r in range(WORLD):
         x = torch.load(fault_runs / f"case{i}" / f"params_{r}.pt")
         assert (x - trainer.workers[r].flat_params()).abs().max() < 1e-5, f"rank {r}"
