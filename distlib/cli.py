@@ -91,9 +91,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         console.error(interrupted_line(e, cfg))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "
-                      "started); no checkpoint written")
-        sys.exit(130)
+        import signal
+
+        from distlib import interrupt
+        signum = interrupt.stopped_by()
+        console.error(f"interrupted by {signal.Signals(signum).name}: stopped at once (a second signal, before the "
+                      f"training loop started, or a protocol with no consistent cut); no checkpoint written")
+        sys.exit(128 + signum)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
         console.error(f"config error: {e}")
@@ -158,7 +162,10 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
     missing = re.match(r"Could not override '([^']+)'", str(e))
     if missing:
         key = missing.group(1)
-        return unknown_key(key, _keys_beside(key, argv or []))
+        keys = _keys_beside(key, argv or [])
+        if not keys and key.startswith("faults."):     # the group is off by default (no faults)
+            return f"{key}: no faults group chosen; choose one first: faults=crash, churn or links"
+        return unknown_key(key, keys)
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)

@@ -68,8 +68,8 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
                 step_time: float | None = None, before: Callable[[Context], None] | None = None,
                 after: Callable[[Context], None] | None = None, faults: Any = None,
                 rejoin: str = "stale", detect_s: float = 0.0) -> list[tuple[Strategy, Any, Context]]:
-    """Run ``steps`` steps of every worker (an asynchronous strategy: until it stops, then its
-    ``finish``), each through ``train_step`` (``fault_step`` with a ``faults`` schedule);
+    """Run ``steps`` steps of every worker, then its ``finish`` (an asynchronous strategy: until
+    it stops), each through ``train_step`` (``fault_step`` with a ``faults`` schedule);
     ``before`` / ``after`` see each step's context. Returns (strategy, worker, context) per rank."""
 
     def body(r: int) -> tuple[Strategy, Any, Context]:
@@ -91,6 +91,8 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
                 train_step(ctx, strategy, loop, step_time)
             else:
                 fault_step(ctx, strategy, loop, faults, rejoin=rejoin, detect_s=detect_s, step_time=step_time)
+            if not asynchronous and k + 1 == steps:     # as the synchronous loop: before the last evaluation
+                strategy.finish(ctx)
             if after is not None:
                 after(ctx)
         if isinstance(strategy, AsyncStrategy):

@@ -273,7 +273,8 @@ BAD = [
     (["faults=crash", "faults.ranks=[0,1,2,3]"], "faults.ranks: crashes all 4 workers"),
     (["faults=churn", "faults.p_leave=0.9", "faults.mean_down_steps=50"], "faults: every worker is down at step"),
     (["faults=crash"], "faults.ranks: faults=crash needs"),
-    (["faults.p_leave=0.1"], "faults.p_leave: set with faults=none"),
+    (["faults.p_leave=0.1"], "faults.p_leave: no faults group chosen; choose one first"),
+    (["faults=none", "faults.p_leave=0.1"], "faults.p_leave: set with faults=none"),
     (["faults=links", "+faults.partition={a:[0],c:[1]}"], "faults.partition.c: unknown key"),
     (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd"], "faults: ad_psgd is asynchronous"),
 ]

@@ -366,7 +366,7 @@ class TorchBackend(Backend):
         self.heartbeat_timeout_s = number("backend.heartbeat_timeout_s", heartbeat_timeout_s, gt=0)
         self.fault_tolerance = choice("backend.fault_tolerance", fault_tolerance, FAULT_TOLERANCE)
         if fault_tolerance == "torchft":    # one process per replica, no torch.distributed job (distlib/ft.py)
-            from distlib.ft import replica_id
+            from distlib.comm.ft import replica_id
             self.rank, self.world_size, self.local_ranks = replica_id(workers), workers, [replica_id(workers)]
             self.local_rank, self.dist, self.device, self.wire, self.comm = 0, "gloo", None, torch.device("cpu"), None
             return
@@ -390,7 +390,7 @@ class TorchBackend(Backend):
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
         if self.fault_tolerance == "torchft":
-            from distlib.ft import FTCommunicator
+            from distlib.comm.ft import FTCommunicator
             self.comm = FTCommunicator(self.rank, self.world_size, self.timeout_s)      # type: ignore[assignment]
             result = fn(self.comm)
             return result if self.rank == 0 else None
