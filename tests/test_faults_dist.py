@@ -117,9 +117,9 @@ def test_killed_rank_is_named_by_every_survivor_in_one_line(tmp_path: Path) -> N
         assert codes[3] == -signal.SIGKILL
         for r in range(3):
             out = job.output(r)
-            lines = [ln for ln in out.splitlines() if "rank 3 died" in ln]
+            lines = [ln for ln in out.splitlines() if "rank 3 stopped" in ln]
             assert codes[r] == 4, out[-2000:]
-            assert len(lines) == 1 and lines[0].startswith(f"rank {r}: rank 3 died; "), out[-2000:]
+            assert len(lines) == 1 and lines[0].startswith(f"rank {r}: rank 3 stopped (died or froze"), out[-2000:]
             assert "failed at step" in lines[0]
             assert "resume with: torchrun --nproc_per_node=4 --no-python distlib-train" in lines[0]
             assert "resume=true" in lines[0] and "Traceback" not in out, out[-2000:]
@@ -137,5 +137,7 @@ def test_frozen_rank_is_found_by_the_heartbeat_long_before_the_timeout(tmp_path:
         for r, code in zip((0, 1, 3), codes):
             out = job.output(r)
             assert code == 4 and "Traceback" not in out, out[-2000:]
-            assert [ln for ln in out.splitlines() if "rank 2 stopped answering" in ln], out[-2000:]
+            # by its own watchdog ("stopped answering ... (frozen)"), or, if a peer that saw it first
+            # left already, after the gloo error that caused ("stopped (died or froze ...)")
+            assert len([ln for ln in out.splitlines() if f"rank {r}: rank 2 stopped" in ln]) == 1, out[-2000:]
         assert took < 30, took

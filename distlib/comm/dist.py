@@ -139,7 +139,9 @@ class DistCommunicator(Communicator):
             lost = self.heartbeat.silent() if self.heartbeat is not None else []
             if lost:    # a peer stopped beating: say which, not gloo's "Connection reset by peer"
                 who = ", ".join(map(str, lost))
-                raise CommError(f"rank {self.rank}: rank {who} died; {what} failed at {where}") from e
+                # dead or frozen look alike from here (a peer that saw the freeze first may have left)
+                raise CommError(f"rank {self.rank}: rank {who} stopped (died or froze: its heartbeat is silent); "
+                                f"{what} failed at {where}") from e
             raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
                             f"a peer may have died or called a different operation): {e}") from e
         now = time.perf_counter()
