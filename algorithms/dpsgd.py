@@ -29,14 +29,10 @@ class DPSGD(Strategy):
             raise ConfigError(f"algorithm.alpha: a number > 0 used with weights=laplacian, got {alpha!r}")
         alpha = number("algorithm.alpha", alpha, gt=0, optional=True)
         self.weights = WeightCache(weights, alpha)  # W per graph, computed once
-        self._plan: tuple[object, MixPlan] | None = None    # (graph, this worker's row of W on it)
 
     def plan(self, ctx: Context) -> MixPlan:
         """Row i of W on the graph in force at this step: every edge, every step."""
-        graph = ctx.graph()
-        if self._plan is None or self._plan[0] is not graph:     # a static graph: derived once
-            self._plan = (graph, MixPlan.from_rows(self.weights(graph), ctx.rank))
-        return self._plan[1]
+        return self.weights.plan(ctx)     # under faults: over the live subgraph (docs/faults.md)
 
     def after_backward(self, ctx: Context) -> None:
         if self.form == "cta":      # g_i was taken at the old x_i; mix now, the optimizer applies g_i
