@@ -31,6 +31,7 @@ from torch import nn
 
 from distlib.algorithms.dpsgd import DPSGD
 from distlib.strategy import STRATEGIES, Context
+from distlib.config import register_configs
 from distlib.data import DATASETS, partition
 from distlib.models import MODELS
 from distlib.trainer import Trainer
@@ -74,6 +75,7 @@ class TimedDPSGD(DPSGD):
 
 
 def bench_sim(n: int, steps: int, warmup: int) -> dict[str, float]:
+    register_configs()      # the declared defaults into Hydra's ConfigStore (stored once)
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
         cfg = compose("train", overrides=[
             "algorithm=dpsgd", "algorithm.name=bench_dpsgd", f"workers={n}", "topology=ring", "model=cnn",
