@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from distlib import console
+from distlib import console, lm_metrics
 
 #: The history keys other tools read (see README: summary.json).
 HISTORY_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "consensus_distance",
@@ -288,8 +288,12 @@ class RunLogger:
 
     def _print(self, r: dict[str, Any]) -> None:
         acc = r.get("test_accuracy", float("nan"))
+        # a language model: validation loss, perplexity, bits/char, next-token accuracy, tokens/s
+        quality = (f"val_loss {r['test_loss']:.4f}  ppl {r['perplexity']:.2f}  bpc {r['bits_per_char']:.3f}  "
+                   f"next_tok_acc {100 * acc:5.2f}%  {r['tokens_per_s']:,.0f} tok/s") if "perplexity" in r \
+            else f"test_acc {100 * acc:5.2f}%"
         line = (f"epoch {r['epoch']:6.2f}  step {r['step']:>6}/{self.total_steps}  "
-                f"train_loss {r['train_loss']:.4f}  test_acc {100 * acc:5.2f}%  "
+                f"train_loss {r['train_loss']:.4f}  {quality}  "
                 f"consensus {r['consensus_distance']:.2e}  sent/worker {_human_bytes(r['bytes_sent'])}  "
                 f"virtual {r['virtual_s']:.1f}s  wall {r['wall_s']:.1f}s")
         self._say(line)
@@ -298,6 +302,7 @@ class RunLogger:
         last = self.history[-1] if self.history else {}
         final = {k: last.get(k) for k in ("test_accuracy", "test_loss", "train_loss", "consensus_distance",
                                           "worker_accuracy_min", "worker_accuracy_max")}
+        final.update(lm_metrics.summary_of(last))   # a language model's perplexity, bits/char, tokens/s
         out = dict(self.header)
         out.update({
             "steps": last.get("step", 0),
@@ -330,7 +335,8 @@ _GROUPS = {"train_loss": "train/loss", "lr": "train/lr", "test_loss": "test/loss
            "test_accuracy": "test/accuracy", "worker_accuracy_min": "test/worker_accuracy_min",
            "worker_accuracy_max": "test/worker_accuracy_max", "worker_accuracy_mean": "test/worker_accuracy_mean",
            "consensus_distance": "consensus/distance", "bytes_sent": "comm/bytes_sent_per_worker",
-           "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s"}
+           "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s",
+           "perplexity": "test/perplexity", "bits_per_char": "test/bits_per_char", "tokens_per_s": "time/tokens_per_s"}
 
 
 def _tb_tag(key: str) -> str:

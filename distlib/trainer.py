@@ -21,6 +21,7 @@ from distlib import console, interrupt
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
+from distlib.compat import check_model_and_data
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
@@ -28,6 +29,7 @@ from distlib.data.datasets import on_device
 from distlib.device import comm_dtype, deterministic, device_kind
 from distlib.interrupt import Interrupted, StopPoint
 from distlib.lr import LRSchedule
+from distlib.lm_metrics import Throughput, lm_fields
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
@@ -35,6 +37,7 @@ from distlib.protocol import AsyncStrategy, Service
 from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState, train_step
 from distlib.strategy import Context, Strategy
+from distlib.tasks import TASKS
 from distlib.topology import Topology, build_topology
 from distlib.worker import Worker
 
@@ -70,6 +73,10 @@ class Trainer:
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
                                                                      "shards_per_worker"))
+        # a CNN on vectors, an image model on text, ...: one line, before any model is built
+        check_model_and_data(cfg.model.name, MODELS.get(cfg.model.name), self.dataset,
+                             cfg.dataset.get("partition", "iid"))
+        self.task = TASKS[self.dataset.task]
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
@@ -92,6 +99,9 @@ class Trainer:
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
         self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
         self.eval_ranks = _eval_sample(cfg)
+        # a language model's throughput, measured on rank 0 (distlib/lm_metrics.py)
+        self.throughput = Throughput(n * cfg.batch_size * self.dataset.input_shape[0] * int(cfg.get("accumulate", 1))) \
+            if self.task.name == "language_model" else None
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
@@ -166,6 +176,8 @@ class Trainer:
         loop = self.checkpointer.restore(ctx, strategy, logger) if self.checkpointer.source else LoopState()
         if logger is not None and self.checkpointer.source:
             console.info(f"resumed from step {loop.step} ({self.checkpointer.source})")
+        if logger is not None and self.throughput is not None:
+            self.throughput.resume(loop.step)
         return ctx, strategy, loop
 
     def _build_worker(self, comm: Communicator) -> tuple[Context, Strategy | Service]:
@@ -186,9 +198,9 @@ class Trainer:
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
-        loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
-        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn,
-                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)))
+        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, self.task.loss,
+                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
+                        task=self.task)
         strategy: Strategy | Service = build_strategy(self._algorithm)
         if rank >= cfg.workers:
             assert isinstance(strategy, AsyncStrategy)
@@ -222,6 +234,8 @@ class Trainer:
         with comm.uncounted():
             x = worker.flat_params()
             xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            # every worker has finished the step: the end of a stretch of training
+            tokens_per_s = self.throughput.trained(ctx.step + 1) if self.throughput and comm.rank == 0 else None
             has_loss = math.isfinite(train_loss)    # a service rank has no train loss
             dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), train_loss if has_loss else 0.0,
                                                  float(has_loss)], dtype=torch.float64), op="sum")
@@ -255,6 +269,9 @@ class Trainer:
             record.update(worker_accuracy_min=float(acc.min()), worker_accuracy_max=float(acc.max()),
                           worker_accuracy_mean=float(acc.mean()))
         record.update({k: float(v) for k, v in zip(names, extra_mean)})
+        if tokens_per_s is not None:
+            record.update(lm_fields(avg.loss, getattr(test, "chars_per_token", 1.0), tokens_per_s))
+            self.throughput.resume(ctx.step + 1)
         return record
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -93,12 +93,27 @@ class Dataset:
     train: Split
     test: Split
     input_shape: tuple[int, ...]
-    num_classes: int    # 0 for regression
+    num_classes: int    # 0 for regression; a language model's vocabulary size
     name: str = ""
+    #: what the model is asked to do (distlib/tasks.py): its loss and its accuracy;
+    #: "" means classification, or regression when num_classes is 0
+    task: str = ""
+    #: a part held out of training and evaluation (the text datasets' test part), or None
+    heldout: Split | None = None
+    #: a text dataset's tokenizer (``encode``, ``decode``, ``vocab_size``), or None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            self.task = "classification" if self.num_classes else "regression"
 
     @property
-    def task(self) -> str:
-        return "classification" if self.num_classes else "regression"
+    def input_kind(self) -> str:
+        """What one sample is, for the model/dataset check (distlib/models/__init__.py):
+        ``tokens`` (a sequence of token ids), ``image`` (C, H, W) or ``vector`` (D,)."""
+        if self.task == "language_model":
+            return "tokens"
+        return "image" if len(self.input_shape) == 3 else "vector"
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", "dataset")

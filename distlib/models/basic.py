@@ -5,10 +5,11 @@ import math
 
 from torch import nn
 
-from distlib.models import MODELS
+from distlib.models import MODELS, accepts
 
 
 @MODELS.register("mlp")
+@accepts("image", "vector")
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (200,),
         dropout: float = 0.0) -> nn.Module:
     """Fully connected network; with ``hidden=[]`` it is linear / logistic regression."""
@@ -24,6 +25,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] 
 
 
 @MODELS.register("cnn")
+@accepts("image")
 def small_cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] | list[int] = (16, 32),
               hidden: int = 128, dropout: float = 0.25) -> nn.Module:
     """Two conv-pool blocks and two linear layers (about 0.2M parameters on 28x28 input)."""
