@@ -23,6 +23,7 @@ X_AXES = (("epoch", "epoch", 1.0), ("bytes_sent", "MB sent per worker", 1e-6),
 #: y quantities: (history key, axis label, scale, log scale)
 ACCURACY = ("test_accuracy", "test accuracy of the averaged model (%)", 100.0, False)
 TRAIN_LOSS = ("train_loss", "train loss (mean over workers)", 1.0, False)
+VAL_LOSS = ("test_loss", "validation loss of the averaged model (nats/token)", 1.0, False)
 CONSENSUS = ("consensus_distance", "consensus distance  mean ||x_i - x̄||²", 1.0, True)
 
 
@@ -65,13 +66,16 @@ def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) 
 
 
 def plot_setting(groups: list[Group], setting: str, out: Path) -> list[Path]:
-    """Accuracy and train loss against epoch, bytes and virtual time; consensus against step."""
+    """Accuracy and train loss against epoch, bytes and virtual time (language models: the
+    validation loss too); consensus against step."""
     stem = slug(setting)
     paths = []
     if any(math.isfinite(h.get("test_accuracy") or math.nan) for g in groups for r in g.runs
            for h in r.summary["history"]):
         paths.append(_figure(groups, setting, ACCURACY, X_AXES, out / f"{stem}__test_accuracy.png"))
     paths.append(_figure(groups, setting, TRAIN_LOSS, X_AXES, out / f"{stem}__train_loss.png"))
+    if any("perplexity" in h for g in groups for r in g.runs for h in r.summary["history"]):
+        paths.append(_figure(groups, setting, VAL_LOSS, X_AXES, out / f"{stem}__val_loss.png"))
     paths.append(_figure(groups, setting, CONSENSUS, (("step", "step", 1.0),), out / f"{stem}__consensus.png"))
     return paths
 
