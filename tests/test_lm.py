@@ -2,6 +2,7 @@
 the LM metrics against a hand evaluation, and bad model/dataset pairs refused in one line."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -220,3 +221,27 @@ def test_every_algorithm_learns_below_the_unigram_entropy(tmp_path, default_run_
     assert cfg.max_steps <= steps
     _, summary = run_training(cfg, tmp_path)
     assert summary["final"]["test_loss"] < entropy, (summary["final"], entropy)
+
+
+@pytest.mark.slow
+def test_compare_reports_validation_loss_and_perplexity(tmp_path):
+    """distlib-compare on language-model runs: the val loss and perplexity columns equal the
+    seeds' means read from the summaries, and the loss-against-bytes figures are written."""
+    from distlib.compare import compare
+    finals: dict[str, list[dict]] = {}
+    for algo in ("allreduce_sgd", "local_sgd"):
+        for seed in (0, 1):
+            cfg = make_cfg(*QUIET, *TINY_GPT, f"algorithm={algo}", f"seed={seed}", "workers=2", "batch_size=4",
+                           "max_steps=4", "eval_every=2")
+            _, summary = run_training(cfg, tmp_path / "runs" / f"{algo}{seed}")
+            finals.setdefault(algo, []).append(summary["final"])
+    res = compare([tmp_path / "runs"], tmp_path / "report", target=0.5)
+    table = {r["algorithm"].split()[0]: r for r in json.loads((tmp_path / "report" / "table.json").read_text())}
+    for algo, runs in finals.items():
+        for key, col in (("test_loss", "final_test_loss"), ("perplexity", "final_perplexity")):
+            vals = np.array([f[key] for f in runs])
+            assert table[algo][col]["mean"] == pytest.approx(vals.mean(), rel=1e-12)
+            assert table[algo][col]["std"] == pytest.approx(vals.std(ddof=1), rel=1e-9)
+    assert "final perplexity" in (tmp_path / "report" / "table.md").read_text()
+    names = {p.name for p in res["figures"]}
+    assert "final_val_loss_vs_mb.png" in names and any(n.endswith("__val_loss.png") for n in names)

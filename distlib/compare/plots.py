@@ -107,3 +107,33 @@ def plot_overview(groups: list[Group], out: Path, key: str = "test_accuracy") ->
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_final_vs_bytes(groups: list[Group], out: Path, key: str = "test_loss",
+                        label: str = "final validation loss (nats/token)") -> Path | None:
+    """Each group's final ``key`` against its MB sent per worker (mean ± std over seeds), the
+    bytes on a log axis: what a method buys with its communication (language models:
+    ``final_val_loss_vs_mb.png``)."""
+    from distlib.compare.stats import final
+    plt = pyplot(FIGURES, NO_PLOTS)
+
+    points = [(g, final(g, key), final(g, "bytes_sent")) for g in groups]
+    points = [(g, y, b) for g, y, b in points if y.n and b.n and b.mean > 0]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for g, y, b in points:
+        ax.errorbar(b.mean * 1e-6, y.mean, yerr=y.std, fmt="o", capsize=3,
+                    label=f"{g.algorithm}" + (f" [{g.setting}]" if g.setting != "all runs" else "")
+                    + f" (n={y.n})")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB sent per worker (log scale)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label.split(' (')[0]} against communication (mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out / f"final_{'val_loss' if key == 'test_loss' else key}_vs_mb.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path

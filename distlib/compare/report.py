@@ -6,7 +6,8 @@ every group's final accuracy (``final_test_accuracy.png``); ``table.md`` (final
 accuracy and loss, traffic, virtual time, and the steps, MB and virtual seconds to reach
 each ``--target`` accuracy, mean ± std over seeds; for language models also the final
 validation loss and perplexity); ``table.json`` with the same numbers unrounded; and, when runs recorded leader shares and shard sizes (AL-DSGD),
-``leaders.md`` / ``leaders.json``: how the best-leader choices relate to the shard sizes.
+``leaders.md`` / ``leaders.json``: how the best-leader choices relate to the shard sizes;
+for language models, ``final_val_loss_vs_mb.png``: final validation loss against MB sent.
 """
 from __future__ import annotations
 
@@ -137,10 +138,12 @@ def compare(paths: list[str | Path], out: str | Path, target: float | Sequence[f
         (out / "leaders.json").write_text(json.dumps(_jsonable(leaders), indent=1))
     figures: list[Path] = []
     if plots:
-        from distlib.compare.plots import plot_overview, plot_setting
+        from distlib.compare.plots import plot_final_vs_bytes, plot_overview, plot_setting
         for setting in dict.fromkeys(g.setting for g in groups):
             figures += plot_setting([g for g in groups if g.setting == setting], setting, out)
         figures += [p for p in [plot_overview(groups, out)] if p is not None]
+        if any(r["final_perplexity"].n for r in table):     # language models: loss against bytes
+            figures += [p for p in [plot_final_vs_bytes(groups, out)] if p is not None]
     return {"runs": len(runs), "groups": len(groups), "table": out / "table.md", "figures": figures}
 
 
