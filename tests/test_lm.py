@@ -245,3 +245,32 @@ def test_compare_reports_validation_loss_and_perplexity(tmp_path):
     assert "final perplexity" in (tmp_path / "report" / "table.md").read_text()
     names = {p.name for p in res["figures"]}
     assert "final_val_loss_vs_mb.png" in names and any(n.endswith("__val_loss.png") for n in names)
+
+
+@pytest.mark.slow
+def test_resumed_language_model_run_equals_uninterrupted(tmp_path, monkeypatch):
+    """A crash at step 5 and ``resume=true``: the same parameters and history (the text
+    windows' stream, dropout's RNG and AdamW's moments all come back from the checkpoint)."""
+    from distlib.worker import Worker
+    overrides = (*QUIET, *TINY_GPT, "model.dropout=0.1", "optim=adamw", "workers=2", "batch_size=4", "max_steps=7",
+                 "eval_every=3", "checkpoint.enabled=true", "checkpoint.every=2", "algorithm=dpsgd",
+                 "cluster.step_time_s=0.01")
+    whole, whole_summary = run_training(make_cfg(*overrides), tmp_path / "whole")
+    original, seen = Worker.forward_backward, {"n": 0}
+
+    def crash(self):
+        if self.rank == 1:
+            seen["n"] += 1
+            if seen["n"] == 6:
+                raise RuntimeError("injected crash at step 5")
+        return original(self)
+    monkeypatch.setattr(Worker, "forward_backward", crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    monkeypatch.undo()
+    resumed, summary = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    for r, w in whole.workers.items():
+        assert torch.equal(w.flat_params(), resumed.workers[r].flat_params()), f"worker {r}"
+    timeless = [[{k: v for k, v in h.items() if k not in ("wall_s", "tokens_per_s")} for h in s["history"]]
+                for s in (whole_summary, summary)]
+    assert timeless[0] == timeless[1] and len(timeless[0]) == 3
