@@ -9,15 +9,15 @@ of the validation part) and the next-token accuracy of the averaged model, as fo
     bits_per_char = L / ln 2 / (characters per token)     (= bits per token with tokenizer=char)
 
 and the tokens the workers trained on per second of wall time between evaluations
-(evaluation time left out). These keys join the evaluation record (and so the console,
-TensorBoard, summary.json and ``distlib-compare``) only for language-model runs.
+(evaluation time left out). They are fields of the evaluation record
+(:class:`distlib.record.EvalRecord`), set only for language-model runs (None, and so absent
+from the history, otherwise), and reach the console, TensorBoard, summary.json and
+``distlib-compare`` from there.
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
-
 import numpy as np
 
 #: the record keys a language-model run adds
@@ -59,8 +59,3 @@ class Throughput:
         """Tokens per second since the last :meth:`resume`, up to ``step`` (steps done)."""
         dt = time.perf_counter() - self._t
         return (step - self._step) * self.tokens_per_step / dt if dt > 0 else math.nan
-
-
-def summary_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The language-model keys of a record (for summary.json's ``final``)."""
-    return {k: record[k] for k in LM_KEYS if k in record}
