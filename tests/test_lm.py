@@ -126,7 +126,7 @@ def test_lm_metrics_equal_a_hand_evaluation(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
     cfg = make_cfg(*QUIET, *TINY_GPT, f"dataset.path={path}", "dataset.tokenizer=byte", "dataset.val_fraction=0.2",
-                   "algorithm=allreduce_sgd", "workers=2", "batch_size=4", "max_steps=3")
+                   "algorithm=allreduce_sgd", "workers=2", "batch_size=4", "max_steps=3", "log.tensorboard=true")
     trainer, summary = run_training(cfg, tmp_path / "run")
     final = summary["final"]
     model = trainer.workers[0].model.eval()
@@ -149,6 +149,11 @@ def test_lm_metrics_equal_a_hand_evaluation(tmp_path):
     assert final["bits_per_char"] == pytest.approx(val / math.log(2) * len(raw) / chars, rel=1e-5)
     assert final["tokens_per_s"] > 0
     assert {"perplexity", "bits_per_char", "tokens_per_s"} <= set(summary["history"][-1])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert acc.Scalars("test/perplexity")[-1].value == pytest.approx(final["perplexity"], rel=1e-6)
+    assert {"test/bits_per_char", "time/tokens_per_s"} <= set(acc.Tags()["scalars"])
 
 
 def test_unigram_entropy_against_counting():
