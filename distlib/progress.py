@@ -63,8 +63,9 @@ class Progress:
         parts = [f"epoch {r['epoch']:6.2f}", f"step {r['step']:>6}/{self.total_steps}",
                  f"train_loss {r['train_loss']:.4f}" if math.isfinite(r["train_loss"]) else "train_loss (at the end)",
                  f"test_acc {100 * acc:5.2f}%"]
-        if r.get("perplexity") is not None:     # a language model: its test loss is the validation loss
-            parts[-1:] = [f"val_loss {r['test_loss']:.4f}", f"ppl {r['perplexity']:.2f}",
+        if r.get("perplexity") is not None:     # a language model: its validation figures, and tokens/s
+            loss, acc = (r["val_loss"], r["val_accuracy"]) if "val_loss" in r else (r["test_loss"], acc)
+            parts[-1:] = [f"val_loss {loss:.4f}", f"ppl {r['perplexity']:.2f}",
                           f"bpc {r['bits_per_char']:.3f}", f"next_tok_acc {100 * acc:5.2f}%"]
             if math.isfinite(r.get("tokens_per_s", math.nan)):
                 parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
@@ -89,8 +90,9 @@ def human_seconds(s: float) -> str:
 
 
 def human_bytes(b: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if b < 1024:
+    """Decimal units (1 MB = 10^6 bytes), as distlib-compare's tables and figures report them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if b < 1000:
             return f"{b:.1f}{unit}"
-        b /= 1024
+        b /= 1000
     return f"{b:.1f}TB"

@@ -36,7 +36,9 @@ class EvalRecord:
     worker_accuracy_min: float | None = None            # eval.per_worker: each worker's own model
     worker_accuracy_max: float | None = None
     worker_accuracy_mean: float | None = None
-    # a language model (distlib/lm_metrics.py): exp(test_loss), bits per character, training throughput
+    val_loss: float | None = None                       # dataset.val_fraction: of the same model, on validation
+    val_accuracy: float | None = None
+    # a language model (distlib/lm_metrics.py): exp(val_loss, else test_loss), bits per character, training throughput
     perplexity: float | None = None
     bits_per_char: float | None = None
     tokens_per_s: float | None = None

@@ -10,6 +10,7 @@ and its role (:meth:`start`), and the one evaluator (:meth:`evaluate`). The loop
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from distlib.compat import check_model_and_data
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, partition
-from distlib.data.datasets import on_device
+from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
 from distlib.interrupt import StopPoint
 from distlib.lm_metrics import Throughput, lm_fields
@@ -78,8 +79,13 @@ class Run:
         self.step_time: float | None = cfg.cluster.get("step_time_s")
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
-        self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
-                                                                     "shards_per_worker"))
+        builder = DATASETS.get(cfg.dataset.name)
+        # a dataset that cuts its own validation part (text: by position) takes val_fraction itself
+        own_val = "val_fraction" in inspect.signature(builder).parameters
+        self.dataset = carve_validation(
+            DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha", "shards_per_worker",
+                                                       *(() if own_val else ("val_fraction",)))),
+            0.0 if own_val else cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
         # a CNN on vectors, an image model on text, ...: one line, before any model is built
         check_model_and_data(cfg.model.name, MODELS.get(cfg.model.name), self.dataset,
                              cfg.dataset.get("partition", "iid"))
@@ -254,6 +260,7 @@ class Run:
                 return None, report
             table = torch.stack(gathered)
             avg = worker.evaluate(test, params=xbar)
+            val = self._validate(worker, xbar)
         record = EvalRecord(
             step=ctx.step + 1, epoch=(ctx.step + 1) / self.steps_per_epoch, train_loss=float(dist[1]),
             test_loss=avg.loss, test_accuracy=avg.accuracy,
@@ -263,18 +270,23 @@ class Run:
             virtual_s=float(table[:, 3].max()),
             bytes_sent_per_worker=[int(b) for b in table[:, 1]], bytes_recv_per_worker=[int(b) for b in table[:, 2]],
             extra={k: float(v) for k, v in zip(names, extra_mean)})
+        if val is not None:
+            record.val_loss, record.val_accuracy = val.loss, val.accuracy
         if self.cfg.eval.per_worker:
             acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
             record.worker_accuracy_min, record.worker_accuracy_max = float(acc.min()), float(acc.max())
             record.worker_accuracy_mean = float(acc.mean())
         if tokens_per_s is not None:
-            self._add_lm_figures(record, test, tokens_per_s)
+            self._add_lm_figures(record, tokens_per_s)
             self.throughput.resume(ctx.step + 1)
         return record, report
 
-    def _add_lm_figures(self, record: EvalRecord, test, tokens_per_s: float) -> None:
-        """A language model's perplexity, bits per character and tokens/s (distlib/lm_metrics.py)."""
-        for k, v in lm_fields(record.test_loss, getattr(test, "chars_per_token", 1.0), tokens_per_s).items():
+    def _add_lm_figures(self, record: EvalRecord, tokens_per_s: float) -> None:
+        """A language model's perplexity, bits per character (of the validation part, else the
+        test part) and tokens/s (distlib/lm_metrics.py)."""
+        split, loss = (self.dataset.val, record.val_loss) if record.val_loss is not None else \
+            (self.dataset.test, record.test_loss)
+        for k, v in lm_fields(loss, getattr(split, "chars_per_token", 1.0), tokens_per_s).items():
             setattr(record, k, v)
 
     def evaluate_alone(self, worker: Worker, comm: Communicator, params: torch.Tensor | None,
@@ -285,12 +297,21 @@ class Run:
         with comm.uncounted():
             test = on_device(self.dataset.test, worker.device)
             ev = worker.evaluate(test, params=params)
+            val = self._validate(worker, params)
         record = EvalRecord(step=step, epoch=step / self.steps_per_epoch, train_loss=math.nan, test_loss=ev.loss,
                             test_accuracy=ev.accuracy, consensus_distance=None, lr=worker.lr(),
-                            bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock)
+                            bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock,
+                            val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None)
         if self.throughput is not None:     # no tokens/s here: the server does not see the workers' steps
-            self._add_lm_figures(record, test, math.nan)
+            self._add_lm_figures(record, math.nan)
         return record
+
+    def _validate(self, worker: Worker, params: torch.Tensor | None):
+        """The validation figures of ``params`` (``dataset.val_fraction``), or None without a
+        validation split. Separate from the test figures: a tuning sweep reads only these."""
+        if self.dataset.val is None:
+            return None
+        return worker.evaluate(on_device(self.dataset.val, worker.device), params=params)
 
 
 def _eval_sample(cfg: DictConfig) -> frozenset[int] | None:

@@ -59,7 +59,7 @@ def bench_sim(cfg) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as run_dir:
         summary = Trainer(cfg, run_dir).run()
     cpu = time.process_time() - cpu
-    return {"tokens_per_s": summary["final"]["tokens_per_s"], "val_loss": summary["final"]["test_loss"],
+    return {"tokens_per_s": summary["final"]["tokens_per_s"], "val_loss": summary["final"]["val_loss"],
             "tokens_per_cpu_s": _tokens(cfg) / cpu}
 
 
@@ -105,7 +105,7 @@ def bench_hand(cfg) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     rate = tokens * cfg.max_steps / (time.perf_counter() - t0)
-    val = _val_loss(models[0], ds.test.to(device), cfg.precision, device)
+    val = _val_loss(models[0], ds.val.to(device), cfg.precision, device)
     return {"tokens_per_s": rate, "val_loss": val, "tokens_per_cpu_s": _tokens(cfg) / (time.process_time() - cpu)}
 
 

@@ -160,7 +160,7 @@ def test_language_model_with_adamw_same_as_simulated(lm_dist_runs: Path, overrid
     real = json.loads((lm_dist_runs / f"case{i}" / "summary.json").read_text())
     assert [h["step"] for h in real["history"]] == [h["step"] for h in sim["history"]]
     for a, b in zip(real["history"], sim["history"]):
-        for key in ("train_loss", "test_loss", "perplexity", "bits_per_char", "test_accuracy"):
+        for key in ("train_loss", "val_loss", "test_loss", "perplexity", "bits_per_char", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a["step"])
         assert a["bytes_sent"] == b["bytes_sent"] and a["bytes_recv"] == b["bytes_recv"], a["step"]
     assert real["comm"] == sim["comm"]

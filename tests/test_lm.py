@@ -78,13 +78,15 @@ def test_text_parts_are_consecutive_stretches_by_position(tmp_path):
     ds = DATASETS.build("text", {"path": path, "block_size": 8, "val_fraction": 0.1, "test_fraction": 0.2})
     n_val, n_test = int(3000 * 0.1), int(3000 * 0.2)
     n_train = 3000 - n_val - n_test
-    parts = [ds.train.tokens, ds.test.tokens, ds.heldout.tokens]
+    parts = [ds.train.tokens, ds.val.tokens, ds.test.tokens]
     assert [len(p) for p in parts] == [n_train, n_val, n_test]
     torch.testing.assert_close(torch.cat(parts), torch.arange(3000))
-    for x, y in ds.test.eval_batches(7):    # validation: inside [n_train, n_train + n_val)
+    for x, y in ds.val.eval_batches(7):     # validation: inside [n_train, n_train + n_val)
         assert x.min() >= n_train and y.max() < n_train + n_val
         torch.testing.assert_close(y, x + 1)
-    seen = torch.cat([y for _, y in ds.test.eval_batches(1000)]).flatten()
+    for x, y in ds.test.eval_batches(7):    # test: inside [n_train + n_val, 3000)
+        assert x.min() >= n_train + n_val and y.max() < 3000
+    seen = torch.cat([y for _, y in ds.val.eval_batches(1000)]).flatten()
     assert len(set(seen.tolist())) == len(seen)     # every validation token predicted at most once
     stream = ds.train.batches(np.arange(len(ds.train)), 16, seed=1)
     for _ in range(50):
@@ -120,8 +122,8 @@ def test_default_corpus_is_the_python_docs():
 @pytest.mark.slow
 def test_lm_metrics_equal_a_hand_evaluation(tmp_path):
     """Validation loss, perplexity, bits per character and next-token accuracy in summary.json
-    equal an evaluation written here over the validation windows, with the byte tokenizer
-    (where bits per character differ from bits per token)."""
+    equal an evaluation written here over the validation windows (and the test loss over the
+    test windows), with the byte tokenizer (where bits per character differ from bits per token)."""
     text = ("Ünïcode façade — naïve café; " * 40) + "plain ascii tail " * 40
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
@@ -130,19 +132,23 @@ def test_lm_metrics_equal_a_hand_evaluation(tmp_path):
     trainer, summary = run_training(cfg, tmp_path / "run")
     final = summary["final"]
     model = trainer.workers[0].model.eval()
-    data = trainer.dataset.test.tokens
     T = 16
-    loss_sum, correct, count = 0.0, 0, 0
-    with torch.no_grad():
-        for s in range(0, len(data) - T, T):    # consecutive windows, the last one full
-            x, y = data[s:s + T][None], data[s + 1:s + T + 1][None]
-            out = model(x)
-            loss_sum += float(F.cross_entropy(out[0], y[0], reduction="sum"))
-            correct += int((out.argmax(-1) == y).sum())
-            count += T
-    val = loss_sum / count
-    assert final["test_loss"] == pytest.approx(val, rel=1e-5)
-    assert final["test_accuracy"] == pytest.approx(correct / count, abs=1e-12)
+
+    def by_hand(data: torch.Tensor) -> tuple[float, float]:
+        loss_sum, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for s in range(0, len(data) - T, T):    # consecutive windows, the last one full
+                x, y = data[s:s + T][None], data[s + 1:s + T + 1][None]
+                out = model(x)
+                loss_sum += float(F.cross_entropy(out[0], y[0], reduction="sum"))
+                correct += int((out.argmax(-1) == y).sum())
+                count += T
+        return loss_sum / count, correct / count
+    data = trainer.dataset.val.tokens
+    val, val_acc = by_hand(data)
+    assert final["val_loss"] == pytest.approx(val, rel=1e-5)
+    assert final["val_accuracy"] == pytest.approx(val_acc, abs=1e-12)
+    assert final["test_loss"] == pytest.approx(by_hand(trainer.dataset.test.tokens)[0], rel=1e-5)
     assert final["perplexity"] == pytest.approx(math.exp(val), rel=1e-5)
     raw = bytes(data.tolist())
     chars = len(raw) - sum(1 for b in raw if b & 0xC0 == 0x80)      # UTF-8 lead bytes
@@ -209,7 +215,7 @@ def default_run_steps() -> tuple[int, float]:
     the unigram entropy of the whole default corpus (nats per character)."""
     from distlib.trainer import Trainer
     ds = DATASETS.build("text", {})
-    tokens = torch.cat([ds.train.tokens, ds.test.tokens, ds.heldout.tokens]).numpy()
+    tokens = torch.cat([ds.train.tokens, ds.val.tokens, ds.test.tokens]).numpy()
     t = Trainer(make_cfg(*QUIET, "model=gpt", "dataset=text"), "/nonexistent/never-written")
     return t.total_steps, unigram_entropy(tokens, ds.num_classes)
 
@@ -225,7 +231,7 @@ def test_every_algorithm_learns_below_the_unigram_entropy(tmp_path, default_run_
     cfg = make_cfg(*QUIET, *TINY_GPT, *algo, "workers=4", "batch_size=16", "max_steps=60", "eval.per_worker=false")
     assert cfg.max_steps <= steps
     _, summary = run_training(cfg, tmp_path)
-    assert summary["final"]["test_loss"] < entropy, (summary["final"], entropy)
+    assert summary["final"]["val_loss"] < entropy, (summary["final"], entropy)
 
 
 @pytest.mark.slow
@@ -243,7 +249,7 @@ def test_compare_reports_validation_loss_and_perplexity(tmp_path):
     res = compare([tmp_path / "runs"], tmp_path / "report", target=0.5)
     table = {r["algorithm"].split()[0]: r for r in json.loads((tmp_path / "report" / "table.json").read_text())}
     for algo, runs in finals.items():
-        for key, col in (("test_loss", "final_test_loss"), ("perplexity", "final_perplexity")):
+        for key, col in (("val_loss", "final_val_loss"), ("perplexity", "final_perplexity")):
             vals = np.array([f[key] for f in runs])
             assert table[algo][col]["mean"] == pytest.approx(vals.mean(), rel=1e-12)
             assert table[algo][col]["std"] == pytest.approx(vals.std(ddof=1), rel=1e-9)

@@ -23,7 +23,7 @@ X_AXES = (("epoch", "epoch", 1.0), ("bytes_sent", "MB sent per worker", 1e-6),
 #: y quantities: (history key, axis label, scale, log scale)
 ACCURACY = ("test_accuracy", "test accuracy of the averaged model (%)", 100.0, False)
 TRAIN_LOSS = ("train_loss", "train loss (mean over workers)", 1.0, False)
-VAL_LOSS = ("test_loss", "validation loss of the averaged model (nats/token)", 1.0, False)
+VAL_LOSS = ("val_loss", "validation loss of the averaged model (nats/token)", 1.0, False)
 CONSENSUS = ("consensus_distance", "consensus distance  mean ||x_i - x̄||²", 1.0, True)
 
 
@@ -109,7 +109,7 @@ def plot_overview(groups: list[Group], out: Path, key: str = "test_accuracy") ->
     return path
 
 
-def plot_final_vs_bytes(groups: list[Group], out: Path, key: str = "test_loss",
+def plot_final_vs_bytes(groups: list[Group], out: Path, key: str = "val_loss",
                         label: str = "final validation loss (nats/token)") -> Path | None:
     """Each group's final ``key`` against its MB sent per worker (mean ± std over seeds), the
     bytes on a log axis: what a method buys with its communication (language models:
@@ -133,7 +133,7 @@ def plot_final_vs_bytes(groups: list[Group], out: Path, key: str = "test_loss",
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = out / f"final_{'val_loss' if key == 'test_loss' else key}_vs_mb.png"
+    path = out / f"final_{key}_vs_mb.png"
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path

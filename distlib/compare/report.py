@@ -23,7 +23,7 @@ from distlib.errors import ConfigError
 
 COLUMNS = ("setting", "algorithm", "seeds", "diverged", "final test acc (%)", "final train loss", "MB sent / worker",
            "virtual time (s)")
-#: after COLUMNS when the runs are language models (their test loss is the validation part's)
+#: after COLUMNS when the runs are language models
 LM_COLUMNS = ("final val loss", "final perplexity")
 #: per target accuracy t: (column title, row key, scale, digits)
 TARGET_COLUMNS = (("steps to {t}", "step", 1, 0), ("MB to {t}", "bytes_sent", 1e-6, 3),
@@ -49,7 +49,7 @@ def rows(groups: list[Group], targets: float | Sequence[float]) -> list[dict[str
         out.append({"setting": g.setting, "algorithm": g.algorithm, "seeds": g.seeds,
                     "runs": [str(r.path) for r in g.runs], "diverged_seeds": [r.seed for r in g.diverged],
                     "final_test_accuracy": final(g, "test_accuracy"), "final_train_loss": final(g, "train_loss"),
-                    "final_test_loss": final(g, "test_loss"), "final_perplexity": final(g, "perplexity"),
+                    "final_val_loss": final(g, "val_loss"), "final_perplexity": final(g, "perplexity"),
                     "bytes_sent": final(g, "bytes_sent"), "virtual_s": final(g, "virtual_s"),
                     "to_target": [{"target": t, **hit} for t, hit in zip(targets, hits)],
                     "target": targets[0], "steps_to_target": hits[0]["step"],
@@ -72,7 +72,7 @@ def markdown(table: list[dict[str, Any]], targets: float | Sequence[float]) -> s
                  r["final_test_accuracy"].fmt(100), r["final_train_loss"].fmt(1, 4),
                  r["bytes_sent"].fmt(1e-6, 3), r["virtual_s"].fmt(1, 3)]
         if lm:
-            cells += [r["final_test_loss"].fmt(1, 4), r["final_perplexity"].fmt(1, 3)]
+            cells += [r["final_val_loss"].fmt(1, 4), r["final_perplexity"].fmt(1, 3)]
         cells += [hit[key].fmt(scale, digits) for hit in r["to_target"] for _, key, scale, digits in TARGET_COLUMNS]
         cells += [f"{hit['step'].n}/{n}" for hit in r["to_target"]]
         lines.append("| " + " | ".join(cells) + " |")

@@ -15,9 +15,9 @@ from each a window of ``block_size + 1`` tokens starting at a random offset insi
 sees about every token of the shard once. The model reads ``x = w[:-1]`` and predicts
 ``y = w[1:]``.
 
-The validation part is evaluated in consecutive windows (stride ``block_size``), every token
-predicted once; the test part is kept apart (``Dataset.heldout``) and never evaluated
-during training.
+The validation part (``Dataset.val``: ``val_loss``, and the perplexity and bits per character
+of the record) and the test part (``Dataset.test``: ``test_loss``) are evaluated in
+consecutive windows (stride ``block_size``), every token predicted once.
 """
 from __future__ import annotations
 
@@ -184,11 +184,13 @@ def text(path: str | None = None, tokenizer: str = "char", block_size: int = 64,
     """A UTF-8 file (``path``; null: the Python docs in ``pydoc_data``) as a next-token task.
 
     ``tokenizer``: char (the corpus' characters) or byte (UTF-8 bytes, 256 ids);
-    ``block_size``: tokens a model reads per window (at most the model's own block_size)."""
+    ``block_size``: tokens a model reads per window (at most the model's own block_size);
+    ``val_fraction``, ``test_fraction``: the validation and test parts, cut by position (the
+    run's ``dataset.val_fraction`` is this one: the text is not carved at random)."""
     choice("dataset.tokenizer", tokenizer, TOKENIZERS)
     T = integer("dataset.block_size", block_size, ge=1)
     number("dataset.val_fraction", val_fraction, gt=0, lt=1)
-    number("dataset.test_fraction", test_fraction, ge=0, lt=1)
+    number("dataset.test_fraction", test_fraction, gt=0, lt=1)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"dataset.val_fraction: with test_fraction {test_fraction} leaves no training text; "
                           f"their sum must be < 1")
@@ -205,8 +207,8 @@ def text(path: str | None = None, tokenizer: str = "char", block_size: int = 64,
         return TokenSplit(t, T, tok.vocab_size, chars / max(len(t), 1))
 
     train, val, test = part(tr), part(va), part(te)
-    for name, s in (("train", train), ("validation", val)):
+    for name, s in (("train", train), ("validation", val), ("test", test)):
         if len(s) == 0:
             raise ConfigError(f"dataset.block_size: the {name} part ({len(s.tokens)} tokens) holds no window of "
                               f"{T + 1} tokens; use a longer text or a smaller block_size")
-    return Dataset(train, val, (T,), tok.vocab_size, "text", task="language_model", heldout=test, tokenizer=tok)
+    return Dataset(train, test, (T,), tok.vocab_size, "text", val=val, task="language_model", tokenizer=tok)
