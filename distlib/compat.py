@@ -13,7 +13,8 @@ from distlib.data.datasets import Dataset
 from distlib.errors import ConfigError
 
 #: how a message names each kind of input
-KIND_WORDS = {"image": "images (C, H, W)", "vector": "vectors (D,)", "tokens": "token sequences (text)"}
+KIND_WORDS = {"image": "images (C, H, W)", "signal": "signals (C, L)", "vector": "vectors (D,)",
+              "tokens": "token sequences (text)"}
 #: partitions that make sense for data without classes (text: chunks by index)
 UNLABELLED_PARTITIONS = ("iid", "contiguous")
 

@@ -173,8 +173,10 @@ BAD_PAIRS = [
     (("dataset=synthetic", "model=cnn"), "model: cnn takes images (C, H, W) but dataset synthetic gives vectors"),
     pytest.param(("dataset=text", "model=cnn"), "model: cnn takes images (C, H, W) but dataset text gives token "
                  "sequences", marks=pytest.mark.slow),
-    pytest.param(("dataset=text", "model=mlp"), "model: mlp takes images (C, H, W) or vectors (D,) but dataset "
-                 "text gives", marks=pytest.mark.slow),
+    pytest.param(("dataset=text", "model=mlp"), "model: mlp takes images (C, H, W) or signals (C, L) or vectors "
+                 "(D,) but dataset text gives", marks=pytest.mark.slow),
+    pytest.param(("dataset=mnist1d", "model=cnn"), "model: cnn takes images (C, H, W) but dataset mnist1d gives "
+                 "signals (C, L) of shape (1, 40); models for this dataset: cnn1d, mlp", marks=pytest.mark.slow),
     (("dataset=mnist", "model=gpt"), "model: gpt takes token sequences (text) but dataset mnist gives images"),
     pytest.param(("dataset=synthetic_regression", "model=gpt"), "model: gpt takes token sequences (text) but "
                  "dataset synthetic_regression gives vectors", marks=pytest.mark.slow),

@@ -110,11 +110,11 @@ class Dataset:
 
     @property
     def input_kind(self) -> str:
-        """What one sample is, for the model/dataset check (distlib/models/__init__.py):
-        ``tokens`` (a sequence of token ids), ``image`` (C, H, W) or ``vector`` (D,)."""
+        """What one sample is, for the model/dataset check (distlib/compat.py): ``tokens`` (a
+        sequence of token ids), ``image`` (C, H, W), ``signal`` (C, L) or ``vector`` (D,)."""
         if self.task == "language_model":
             return "tokens"
-        return "image" if len(self.input_shape) == 3 else "vector"
+        return {3: "image", 2: "signal"}.get(len(self.input_shape), "vector")
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", "dataset")

@@ -2,8 +2,8 @@
 
 ``MODELS`` is defined before the submodules are imported, so each submodule registers its
 builders with ``from distlib.models import MODELS``. A builder declares the inputs it takes
-with :func:`accepts` (``image``: (C, H, W); ``vector``: (D,); ``tokens``: a sequence of token
-ids), so a run that pairs it with other data stops before any work (distlib/compat.py); a
+with :func:`accepts` (``image``: (C, H, W); ``signal``: (C, L); ``vector``: (D,); ``tokens``: a
+sequence of token ids), so a run that pairs it with other data stops before any work (distlib/compat.py); a
 builder without the declaration (a user's) is not checked.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ from distlib.models import MODELS, accepts
 
 
 @MODELS.register("mlp")
-@accepts("image", "vector")
+@accepts("image", "signal", "vector")
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (200,),
         dropout: float = 0.0) -> nn.Module:
     """Fully connected network; with ``hidden=[]`` it is linear / logistic regression."""
@@ -42,6 +42,7 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[in
 
 
 @MODELS.register("cnn1d")
+@accepts("signal")
 def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 25) -> nn.Module:
     """MNIST-1D's convolutional baseline (Greydanus 2020): three ReLU convolutions of stride 2
     (kernels 5, 3, 3; padding 1) and a linear classifier; 5,210 parameters on 40 points.
