@@ -53,13 +53,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from distlib.errors import ConfigError
 from distlib.options import choice
 from distlib.protocol import AsyncStrategy, Service
 from distlib.strategy import STRATEGIES, Context
+
+if TYPE_CHECKING:
+    from distlib.optim import OptimSpec
 
 SCALINGS = ("none", "inverse")
 SERVER_MOMENTA = ("compensated", "configured")
@@ -106,6 +110,13 @@ class AsyncPS(AsyncStrategy):
 
     def make_service(self) -> "ParameterServer":
         return ParameterServer(self.staleness_scaling, self.server_momentum)
+
+    def check_optimizer(self, optim: OptimSpec) -> None:
+        """The server steps with the run's optimizer, any class; compensation needs a momentum
+        option to lower (SGD's, RMSprop's), which Adam-like optimizers do not have."""
+        if self.server_momentum == "compensated" and not optim.takes("momentum"):
+            raise ConfigError(f"algorithm.server_momentum: compensated lowers optim.momentum, which {optim.target} "
+                              f"has not; use algorithm.server_momentum=configured")
 
     def before_step(self, ctx: Context) -> None:
         if ctx.step == 0:   # the first pull; later ones come with the replies to pushes
@@ -288,8 +299,9 @@ class ParameterServer(Service):
         return step
 
     def setup(self, ctx: Context) -> None:
-        """Keep the configured momentum mu (the optimizer is fresh here, before any resume)."""
-        self.mu = [float(g["momentum"]) for g in ctx.worker.optimizer.param_groups]
+        """Keep the configured momentum mu (the optimizer is fresh here, before any resume);
+        an optimizer without momentum (Adam) keeps its own settings (server_momentum=configured)."""
+        self.mu = [float(g["momentum"]) for g in ctx.worker.optimizer.param_groups if "momentum" in g]
 
     def _set_momentum(self, worker: Any, n: int) -> None:
         """The server optimizer's momentum: mu_e = max(0, mu - (1 - 1/n)) when compensated."""
@@ -300,7 +312,7 @@ class ParameterServer(Service):
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
         worker, n = ctx.worker, ctx.world_size - 1
         assert ctx.lr is not None
-        ctx.lr.apply(worker, self.version // (n * ctx.steps_per_epoch),
+        ctx.lr.apply(worker, self.version // n,     # the run's progress in steps per worker
                      divisor=1 + s if self.staleness_scaling == "inverse" else 1.0)
         worker.flat_grad().copy_(g)
         worker.optimizer_step()
@@ -320,7 +332,7 @@ class ParameterServer(Service):
         self.results.evals.append({
             "step": step, "epoch": step / ctx.steps_per_epoch, "train_loss": math.nan,
             "test_loss": ev.loss, "test_accuracy": ev.accuracy, "consensus_distance": math.nan,
-            "lr": ctx.lr((self.version - 1) // (n * ctx.steps_per_epoch)),
+            "lr": ctx.lr((self.version - 1) // n),
             "bytes_sent": traffic, "bytes_recv": traffic, "virtual_s": c.clock,
             "wall_s": self.wall_before + time.perf_counter() - self.t0,
             "staleness_max": float(s.max()), "staleness_mean": float(s.mean()),

@@ -31,6 +31,7 @@ from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
+from distlib.optim import build_optimizer
 from distlib.protocol import AsyncStrategy, Service
 from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState, train_step
@@ -75,10 +76,10 @@ class Trainer:
                                 seed_for(cfg.seed, "partition"))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
-        self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
+        self.steps_per_epoch = max(1, per_worker // (cfg.batch_size * cfg.get("accumulate", 1)))
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.lr = LRSchedule(cfg.optim.lr, tuple(cfg.optim.milestones or ()), cfg.optim.gamma)
+        self.lr = LRSchedule.from_config(cfg.optim, self.steps_per_epoch, self.total_steps)
         # Finds and checks the checkpoint to resume from now, before any work starts.
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
                                          steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
@@ -119,7 +120,7 @@ class Trainer:
             self.stop.begin(comm.rank, step)
             ctx.step, ctx.epoch = step, step // self.steps_per_epoch
             comm.speed = self.cluster.speed(comm.rank, step)    # stragglers and transient slowdowns
-            self.lr.apply(worker, ctx.epoch)
+            self.lr.apply(worker, step)
             train_step(ctx, strategy, loop, self.step_time)
             if self.logger is not None:     # this process's rank 0 records the run
                 self.logger.step_done(step + 1, ctx.loss)
@@ -187,8 +188,9 @@ class Trainer:
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
-        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn,
-                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)))
+        worker = Worker(rank, model, lambda m: build_optimizer(cfg.optim, m), batches, loss_fn,
+                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
+                        accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"))
         strategy: Strategy | Service = build_strategy(self._algorithm)
         if rank >= cfg.workers:
             assert isinstance(strategy, AsyncStrategy)
@@ -266,11 +268,6 @@ def _eval_sample(cfg: DictConfig) -> frozenset[int] | None:
         return None
     pick = np.random.default_rng(seed_for(cfg.seed, "eval")).choice(cfg.workers, size=k, replace=False)
     return frozenset(int(r) for r in pick)
-
-
-def _optimizer(o: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           nesterov=o.get("nesterov", False))
 
 
 def _build_backend(cfg: DictConfig, cluster: ClusterModel, service_ranks: int = 0) -> Backend:
