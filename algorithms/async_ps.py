@@ -315,6 +315,7 @@ class ParameterServer(Service):
         ctx.lr.apply(worker, self.version // n,     # the run's progress in steps per worker
                      divisor=1 + s if self.staleness_scaling == "inverse" else 1.0)
         worker.flat_grad().copy_(g)
+        worker.clip_gradients()     # optim.clip_grad_norm: a function of g_i alone, so clipping here is per worker
         worker.optimizer_step()
         self.version += 1
         self.results.staleness.append(s)
