@@ -159,7 +159,7 @@ class TrainConfig:
     epochs: int = rule(10, ge=1)
     max_steps: Optional[int] = rule(None, ge=1)     # overrides epochs
     batch_size: int = rule(32, ge=1)                # per worker
-    accumulate: int = rule(1, ge=1)                 # micro-batches of batch_size per step (their gradients summed)
+    accumulate: int = rule(1, ge=1)                 # micro-batches of batch_size per step (the gradient of their mean loss)
     eval_every: Optional[int] = rule(None, ge=1)    # steps between evaluations; null = once per epoch
     init: Literal["same", "per_worker"] = "same"
     imports: list[str] = rule([])                   # your modules that register strategies, models, ...
