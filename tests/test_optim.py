@@ -160,6 +160,15 @@ def test_clip_grad_norm_equals_torch_clip_grad_norm_by_hand(tmp_path):
 
 
 @pytest.mark.slow
+def test_async_ps_server_clips_each_workers_gradient(tmp_path):
+    """One worker and its server: the server's x is SGD with clip_grad_norm_ by hand."""
+    trainer, _ = run_training(make_cfg(*TINY, "workers=1", "algorithm=async_ps", "algorithm.server_momentum=configured",
+                                       "optim.momentum=0", "optim.clip_grad_norm=0.05", "max_steps=5", "cluster.step_time_s=0.01"), tmp_path)
+    hand = by_hand(trainer, 5, lambda m: torch.optim.SGD(m.parameters(), lr=0.05), clip=0.05)
+    torch.testing.assert_close(trainer.workers[1].flat_params(), hand, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_clipping_under_16_mixed_acts_on_the_unscaled_gradient(tmp_path):
     """One SGD step without momentum moves x by lr * min(c, ||g||): c = 0.01 binds; clipping
     the scaled gradient (x 65536) would move it 65536 times less."""
