@@ -83,9 +83,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         console.error(interrupted_line(e, cfg))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "
-                      "started); no checkpoint written")
-        sys.exit(130)
+        import signal
+
+        from distlib import interrupt
+        signum = interrupt.stopped_by()
+        console.error(f"interrupted by {signal.Signals(signum).name}: stopped at once (a second signal, before the "
+                      f"training loop started, or a protocol with no consistent cut); no checkpoint written")
+        sys.exit(128 + signum)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
         console.error(f"config error: {e}")
