@@ -164,7 +164,8 @@ class RunLogger:
         if self.progress:
             self._say(f"distlib: {h.get('algorithm')} on {h.get('workers')} workers ({h.get('backend')}), "
                          f"topology {h.get('topology')}, model {h.get('model')} ({parameters:,} parameters), "
-                         f"dataset {h.get('dataset')}, device {device}, {self.total_steps} steps -> {self.run_dir}")
+                         f"dataset {h.get('dataset')}, device {device}, {self.total_steps} steps -> {self.run_dir}"
+                         f"{_replacement_note(h)}")
 
     def step_done(self, step: int, loss: float) -> None:
         """A local worker finished step ``step`` (1-based) with train loss ``loss``. When all
@@ -350,3 +351,13 @@ def _human_bytes(b: float) -> str:
             return f"{b:.1f}{unit}"
         b /= 1024
     return f"{b:.1f}TB"
+
+
+def _replacement_note(header: dict) -> str:
+    """What the banner adds when batches may repeat samples (dataset.sample_with_replacement)."""
+    config, sizes = header.get("config") or {}, header.get("shard_sizes") or [0]
+    if not (config.get("dataset") or {}).get("sample_with_replacement"):
+        return ""
+    small = sum(s < config.get("batch_size", 0) for s in sizes)
+    return (f"; batches sampled with replacement (dataset.sample_with_replacement=true: {small} of {len(sizes)} "
+            f"shards are smaller than batch_size {config.get('batch_size')}, smallest {min(sizes)})")

@@ -72,6 +72,8 @@ class DatasetConfig:
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: float = rule(0.5, gt=0)              # Dirichlet concentration
     shards_per_worker: int = rule(2, ge=1)
+    # a shard smaller than batch_size: refused, or (true) its batches repeat its samples
+    sample_with_replacement: bool = False
 
 
 @dataclass

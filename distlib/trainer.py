@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distlib import checkpoint as ckpt
-from distlib import console, interrupt
+from distlib import console, interrupt, preflight
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
-from distlib.data import DATASETS, Dataset, partition
+from distlib.data import DATASETS, Dataset, check_batches, partition
 from distlib.data.datasets import on_device
 from distlib.device import comm_dtype, deterministic, device_kind
 from distlib.interrupt import Interrupted, StopPoint
@@ -69,10 +69,12 @@ class Trainer:
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
-                                                                     "shards_per_worker"))
+                                                                     "shards_per_worker", "sample_with_replacement"))
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
+        check_batches(self.shards, cfg.batch_size, bool(cfg.dataset.get("sample_with_replacement", False)),
+                      len(self.dataset.train))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
         self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
@@ -82,6 +84,10 @@ class Trainer:
         # Finds and checks the checkpoint to resume from now, before any work starts.
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
                                          steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        if 0 in self.backend.local_ranks:   # the model's options, the directories and the disk, before any work
+            preflight.check(cfg, self.run_dir, self.checkpointer, self.dataset, self.shards, preflight.model_shape(
+                lambda: MODELS.build(cfg.model.name, params_of(cfg.model), input_shape=self.dataset.input_shape,
+                                     num_classes=self.dataset.num_classes)))
         self._loop: Callable[[Communicator], dict[str, Any] | None] = self._train
         if isinstance(algo, AsyncStrategy):
             from distlib.async_loop import AsyncLoop
