@@ -52,7 +52,7 @@ def writable_dir(path: Path, field: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"{field}: cannot write into {path}: {_reason(e)}") from None
+        raise ConfigError(f"{field}: cannot write into {path}: {_reason(e)}; give a writable directory") from None
     return path
 
 
