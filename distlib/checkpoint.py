@@ -330,7 +330,7 @@ def verify(where: Path, identity: Identity | None = None) -> dict[str, Any]:
             raise CheckpointError(f"resume: checkpoint {where} has {meta['world_size']} workers but this run has "
                                   f"{identity.world_size}; resume with the same number of workers")
         check_compatible(json.loads(meta["config"]), identity.config, where)
-        check_inputs(meta["fingerprint"]["inputs"], identity.inputs, where)
+        check_inputs(meta["fingerprint"]["inputs"], identity.inputs, where, input_files(identity.config))
     covered: list[int] = []
     for entry in meta["shards"]:
         path = where / entry["name"]
@@ -361,7 +361,8 @@ def _what_differs(path: Path, meta: dict[str, Any], entry: dict[str, Any]) -> st
         return f"holds the state of workers {sorted(shard['ranks'])}, not {want} (a shard file of another rank)"
     if shard["fingerprint"] != meta["fingerprint"]["digest"]:
         ours, theirs = fingerprint(json.loads(meta["config"])), json.loads(shard["config"])
-        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
+        keys = sorted((k for k in set(ours) | set(theirs) if ours.get(k, "<absent>") != theirs.get(k, "<absent>")),
+                      key=lambda k: (not k.endswith(".name"), k))    # a component of another name first
         diff = "; ".join(f"{k}={theirs.get(k, '<absent>')!r} in the shard but {ours.get(k, '<absent>')!r} "
                          f"in meta.pt" for k in keys[:4])
         return f"was written by another run ({diff or 'other input files'})"
@@ -430,10 +431,17 @@ def _digest(path: Path) -> str:
     return "absent"
 
 
-def check_inputs(saved: dict[str, str], current: dict[str, str], where: Path) -> None:
-    """Raise CheckpointError naming every input file whose contents changed since ``where``."""
-    diff = [f"{k}: {'the files under' if current.get(k, '').startswith('manifest') else 'the file'} changed "
-            f"since the checkpoint ({saved.get(k, 'absent')[:18]}... then, {current.get(k, 'absent')[:18]}... now)"
+def check_inputs(saved: dict[str, str], current: dict[str, str], where: Path,
+                 paths: dict[str, Path] | None = None) -> None:
+    """Raise CheckpointError naming every input file (``paths``: by field) whose contents
+    changed since the checkpoint ``where`` was written."""
+    paths = paths or {}
+
+    def what(k: str) -> str:
+        kind = "the files under" if current.get(k, "").startswith("manifest") else "the file"
+        return f"{kind} {paths[k]}" if k in paths else kind
+    diff = [f"{k}: {what(k)} changed since the checkpoint ({saved.get(k, 'absent')[:18]}... then, "
+            f"{current.get(k, 'absent')[:18]}... now)"
             for k in sorted(set(saved) | set(current)) if saved.get(k, "absent") != current.get(k, "absent")]
     if diff:
         raise CheckpointError(f"resume: checkpoint {where} was made from other input files: {'; '.join(diff)}; "

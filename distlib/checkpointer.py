@@ -179,7 +179,7 @@ class Checkpointer:
         self._pending.clear()
         message = _broadcast_text(comm, error or "", src=failed[0]) if len(self.local_ranks) < self.world_size \
             else self._failure
-        if comm.rank == 0:
+        if 0 in self.local_ranks:   # every local rank: on the simulator the first to run raises for all
             ckpt.discard_partial(self.root, step)
         done = ckpt.complete_steps(self.root)
         kept = f"kept the previous checkpoint {ckpt.step_dir(self.root, done[-1]).name}" if done else \
