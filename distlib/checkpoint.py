@@ -280,8 +280,8 @@ def find(path: Path, readable: bool = False, identity: Identity | None = None) -
     ``readable``: the newest one that :func:`verify` accepts (against ``identity`` if given).
     When the newest does not verify (a crash or a full disk truncated it after its commit, a
     shard was deleted, swapped or copied in from elsewhere), the newest one that does is taken,
-    with a one-line warning naming the file and what is wrong. If none verifies, the newest
-    one's error is raised.
+    with a one-line warning for each one passed over, naming the file and what is wrong. If
+    none verifies, the newest one's error is raised.
     """
     if (path / META).is_file():
         if readable:
@@ -293,19 +293,18 @@ def find(path: Path, readable: bool = False, identity: Identity | None = None) -
             continue
         if not readable:
             return step_dir(root, steps[-1])
-        first: CheckpointError | None = None
+        failed: list[CheckpointError] = []
         for s in reversed(steps):
             try:
                 verify(step_dir(root, s), identity)
             except CheckpointError as e:
-                first = first or e
+                failed.append(e)
                 continue
-            if first is not None:
-                console.warning(f"warning: {str(first).removeprefix('resume: ')}; resuming from the newest "
+            for e in failed:    # one line for each checkpoint passed over
+                console.warning(f"warning: {str(e).removeprefix('resume: ')}; resuming from the newest "
                                 f"checkpoint that verifies, {step_dir(root, s).name}")
             return step_dir(root, s)
-        assert first is not None
-        raise first
+        raise failed[0]
     return None
 
 

@@ -28,11 +28,13 @@ if TYPE_CHECKING:
     from distlib.data import Dataset
 
 #: copies of the parameters a Strategy may keep in its state (gradient tracking: y and the last
-#: gradient; DiLoCo: the outer x and its momentum; CHOCO-SGD: x_hat and its neighbours' sum)
-STRATEGY_COPIES = 2
-#: bytes a checkpoint spends per tensor besides its data (zip entry, pickle record), and per
-#: worker on RNG and generator states, counters and loop state; measured on torch 2.x, rounded up
-PER_TENSOR, PER_WORKER, PER_CHECKPOINT = 1024, 32 << 10, 256 << 10
+#: gradient; DiLoCo: the outer x, its momentum and the last synchronised x; CHOCO-SGD: x_hat
+#: and its neighbours' sum); tests/test_preflight.py measures real checkpoints against it
+STRATEGY_COPIES = 3
+#: bytes a checkpoint spends per tensor besides its data (zip entry, pickle record), per worker
+#: on RNG and generator states, counters and loop state, and on the metadata; measured on
+#: torch 2.x, rounded up
+PER_TENSOR, PER_WORKER, PER_CHECKPOINT = 512, 16 << 10, 64 << 10
 
 
 def writable_dir(path: Path, field: str) -> Path:
