@@ -49,7 +49,8 @@ def check_batches(shards: list[np.ndarray], batch_size: int, with_replacement: b
     worker = int(np.argmin(sizes))
     if sizes[worker] == 0:
         raise ConfigError(f"dataset.partition: worker {worker} received no samples ({samples} training samples "
-                          f"over {len(shards)} workers); use fewer workers or a larger dirichlet alpha")
+                          f"over {len(shards)} workers); use fewer workers or more data (with partition=dirichlet: "
+                          f"a larger dataset.alpha)")
     if sizes[worker] < batch_size and not with_replacement:
         raise ConfigError(f"batch_size: {batch_size} is larger than worker {worker}'s shard of {sizes[worker]} "
                           f"samples ({samples} training samples over {len(shards)} workers); use fewer workers, "
