@@ -234,7 +234,15 @@ def argv(row: list[str], d: Path) -> list[str]:
     return [*base, *[a.replace("{dir}", str(d)) for a in row], *run]
 
 
-@pytest.mark.parametrize("row,line", ROWS, ids=[" ".join(r) for r, _ in ROWS])
+#: one row per group in the fast tier (each row costs Hydra's two compositions, ~0.3 s); the
+#: whole table runs in the full suite
+FAST = {"optim.lr=inf", "dataset.sample_with_replacement=maybe", "checkpoint.dir={dir}/a_file", "model.hidden=[0]",
+        "algorithm.name=random_pair", "experiment=aldsgd_paper", "hydra.run.dir={dir}/a_file", "compression=topk",
+        "cluster.slowdown_prob=1.5", "log.every_n_steps=0"}
+
+
+@pytest.mark.parametrize("row,line", [pytest.param(r, line, marks=() if r[0] in FAST else pytest.mark.slow)
+                                      for r, line in ROWS], ids=[" ".join(r) for r, _ in ROWS])
 def test_a_bad_input_is_one_line_before_any_work(files, monkeypatch, capsys, row, line):
     code, err = cli_in_process(argv(row, files), monkeypatch, capsys)
     assert code == 2, err
