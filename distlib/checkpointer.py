@@ -251,7 +251,7 @@ def _attempt(write: Any) -> str | None:
     """Run ``write``; None if it succeeded, else the one-line reason it failed."""
     try:
         write()
-    except CheckpointWriteError as e:
+    except (CheckpointWriteError, CheckpointError) as e:     # the latter: a shard missing at the commit
         return str(e)
     except OSError as e:
         return f"cannot write a checkpoint: {e.strerror or e} ({e.filename})"
