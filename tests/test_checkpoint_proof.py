@@ -15,6 +15,7 @@ from conftest import TINY, make_cfg, run_training
 from support import cli_in_process, comparable
 
 from distlib import checkpoint as ckpt
+from distlib import fingerprint
 from distlib.errors import CheckpointError
 
 # checkpoints at 2, 4, 6 (every 2 steps, three kept); 5 steps per epoch
@@ -150,13 +151,13 @@ def test_an_image_root_is_fingerprinted_by_its_manifest(tmp_path):
     (root / "a").mkdir(parents=True)
     (root / "a" / "1.png").write_bytes(b"x" * 10)
     config = {"dataset": {"name": "imagefolder", "root": str(root)}, "topology": {"path": str(tmp_path / "no")}}
-    before = ckpt.input_hashes(config)
+    before = fingerprint.input_hashes(config)
     assert before["topology.path"] == "absent" and before["dataset.root"].startswith("manifest:")
     (root / "a" / "2.png").write_bytes(b"y")
-    after = ckpt.input_hashes(config)
+    after = fingerprint.input_hashes(config)
     assert after["dataset.root"] != before["dataset.root"]
     with pytest.raises(CheckpointError, match=r"dataset.root: the files under .* changed since the checkpoint"):
-        ckpt.check_inputs(before, after, tmp_path, ckpt.input_files(config))
+        fingerprint.check_inputs(before, after, tmp_path, fingerprint.input_files(config))
 
 
 # -- deleting old checkpoints ---------------------------------------------------------------------------
