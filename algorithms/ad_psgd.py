@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from distlib.protocol import AsyncStrategy
-from distlib.strategy import STRATEGIES, Context
+from distlib.strategy import STRATEGIES, Context, Report
 from distlib.topology.graphs import Graph
 
 TAG_REQ, TAG_AVG = 111, 112     # request: [x_i, flag, steps seen]; flag 1 = average, 0 = stop; reply: [avg, steps seen]
@@ -119,5 +119,5 @@ class ADPSGD(AsyncStrategy):
         """Passive j, in place: x_j <- (x_i + x_j) / 2 (the value it sends back to i)."""
         x.add_(x_i).mul_(0.5)
 
-    def scalars(self) -> dict[str, float]:
-        return {"averagings": float(self.averagings), "wait_s": self.waits}
+    def report(self, ctx: Context) -> Report:
+        return Report(scalars={"averagings": float(self.averagings), "wait_s": self.waits})

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from distlib.algorithms.dpsgd import DPSGD
@@ -35,7 +36,8 @@ from distlib.errors import ConfigError
 from distlib.averaging import MixPlan, mix_into
 from distlib.leaders import LEADER_METRICS, select_leader
 from distlib.options import choice, integer, number
-from distlib.strategy import STRATEGIES, Context, Strategy
+from distlib.strategy import STRATEGIES, Context, Report, Strategy
+from distlib.tensorboard import WORKERS_TAG, workers_table
 
 PULL_FORMS = ("code", "paper")
 #: the gossip bases, each built from the AL-DSGD option it takes (D-PSGD's weights, MATCHA's C_b)
@@ -176,9 +178,6 @@ class ALDSGD(Strategy):
         if self.pull_form == "code":
             corrective_force(y, y_best, y_degree, self.pull_best, self.pull_degree)     # x_i
 
-    def end_epoch(self, ctx: Context) -> None:
-        self.base.end_epoch(ctx)
-
     # -- pieces ----------------------------------------------------------------------------
     def is_leader_step(self, ctx: Context) -> bool:
         """Steps 3-5 run on steps 0, T, 2T, ...; the others are plain base steps."""
@@ -224,13 +223,14 @@ class ALDSGD(Strategy):
         self._pull_sum += float(torch.linalg.vector_norm(z - y_best))
         self._steps += 1
 
-    def scalars(self) -> dict[str, float]:
+    def report(self, ctx: Context) -> Report:
         """Per worker, over the AL steps since the last call: the fraction of them in which this
         worker chose rank r as best leader N (``leader_best/worker_r``) and as degree leader tau
         (``leader_degree/worker_r``), and the mean pull distance ||z_i - y_N||. Averaged over
-        workers by the trainer, ``leader_best/worker_r`` is the share of all leader choices that
+        workers by the run, ``leader_best/worker_r`` is the share of all leader choices that
         went to worker r. The base's own figures are not passed on: its hooks do not run on AL
-        steps, so they would describe only the off-period steps."""
+        steps, so they would describe only the off-period steps. The TensorBoard table ``workers/shards_and_leaders`` puts each worker's
+        shard size beside its share of the run so far (:func:`leader_tables`)."""
         out: dict[str, float] = {}
         if self._steps:
             for r in range(self._n):
@@ -238,7 +238,7 @@ class ALDSGD(Strategy):
                 out[f"leader_degree/worker_{r}"] = self._degree_count[r] / self._steps
             out["pull_distance"] = self._pull_sum / self._steps
         self._reset_counts(self._n)
-        return out
+        return Report(scalars=out, tables=leader_tables)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -250,3 +250,38 @@ class ALDSGD(Strategy):
         self._best_count, self._degree_count = list(state["best_count"]), list(state["degree_count"])
         self._pull_sum, self._steps = float(state["pull_sum"]), int(state["steps"])
 
+
+
+# -- the per-worker table (TensorBoard text), from the run's history ---------------------------------
+#: history keys of the leader shares, per worker r: ``leader_best/worker_r`` ...
+LEADER_KINDS = ("best", "degree")
+
+
+def leader_shares(history: list[dict[str, Any]], n: int) -> dict[str, list[float]]:
+    """Each worker's share of all leader choices over the run so far, per kind (``best``: N,
+    ``degree``: tau); kinds no record has are left out.
+
+    A record holds the shares since the previous record, so records are weighted by the steps
+    they cover (equal windows but the last; with a leader period T, a window of s steps holds
+    about s / T leader steps either way).
+    """
+    out: dict[str, list[float]] = {}
+    for kind in LEADER_KINDS:
+        keys = [f"leader_{kind}/worker_{r}" for r in range(n)]
+        total, weight, prev = np.zeros(n), 0.0, 0
+        for h in history:
+            w, prev = h["step"] - prev, h["step"]
+            if any(k in h for k in keys):
+                total += w * np.array([h.get(k, 0.0) for k in keys])
+                weight += w
+        if weight > 0:
+            out[kind] = (total / weight).tolist()
+    return out
+
+
+def leader_tables(history: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, str]:
+    """Why a worker leads (under label skew a small shard overfits, its loss is low, it wins):
+    each worker's shard size beside its leader shares so far."""
+    shares = leader_shares(history, int(header.get("workers", 0)))
+    text = workers_table(header.get("shard_sizes"), {f"leader share ({k})": v for k, v in shares.items()})
+    return {WORKERS_TAG: text} if text is not None else {}

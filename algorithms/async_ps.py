@@ -26,11 +26,14 @@ The run has the sample budget of a synchronous one: the server applies n * total
 gradients, then answers every push with "stop" (so a fast worker does more steps than a
 slow one). Staleness is logged: mean, max and a histogram over every applied gradient.
 
-Checkpoints (simulated backend) are taken at a consistent cut. When the gradient just applied
+Checkpoints (every backend) are taken at a consistent cut. When the gradient just applied
 brings the version to K, a multiple of n at which a checkpoint is due (every
 ``checkpoint.every`` steps' worth of gradients, epoch ends, the end), the server holds its
 reply back and takes one request from every other worker, without applying it; every worker
-is then waiting for a reply and no message is in flight. It answers each with "cut", every
+is then waiting for a reply and no message is in flight (the handshake itself,
+``hold_every_worker``, ``announce_cut`` and ``read_cut``, is the runtime's: distlib.protocol).
+It answers each with "cut" (or "cut and stop", when a signal asked the run to stop: the next
+multiple of n is then a cut), every
 rank saves (the server's x, version, staleness record and queue of held requests; each
 worker's model, data position, RNG, loop, and that it is waiting), and the server then
 answers the held requests in order. A resumed worker first takes the reply it was waiting
@@ -38,43 +41,40 @@ for. The cut acts as a barrier, so it is part of the run's timing whenever check
 
 Evaluation during training, with no sync point: the server holds x, so every ``eval_every``
 steps' worth of applied gradients (version a multiple of n * eval_every, before the last) it
-evaluates x on the test set itself, outside the counted time and traffic, and keeps a record:
-its clock as ``virtual_s``, the bytes it has sent and received as its view of the traffic
-(every message goes to or from it: (sent + received) / ranks, messages in flight not yet
-counted), staleness so far, consensus_distance NaN (the workers' copies are not at the
-server). ``train_loss`` is the mean loss of the gradients applied since the previous record:
-each worker keeps its own losses, the server how many of each worker's gradients it had
-applied, and ``finish`` joins them (uncounted, after training), so the protocol's messages are
-unchanged. The records reach rank 0 in ``finish`` and are logged then, before the final
-evaluation: a run killed before its end loses them (a resumed one keeps them: they are part of
-the server's checkpoint).
+evaluates x with the run's evaluator (``ctx.evaluate``, outside the counted time and traffic)
+and keeps the record: its clock as ``virtual_s``, the bytes it has sent and received as its
+view of the traffic (every message goes to or from it: (sent + received) / ranks, messages in
+flight not yet counted), staleness so far, no consensus distance (the workers' copies are not
+at the server). The record is logged at once where rank 0's logger shares the server's
+process (``ctx.emit``: the simulated backend), else after ``finish``. ``train_loss`` is the
+mean loss of the gradients applied since the previous record: each worker keeps its own
+losses, the server how many of each worker's gradients it had applied, and ``finish`` joins
+them (uncounted, after training), so the protocol's messages are unchanged; the final
+record's train loss is the same mean over the gradients applied after the last record.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
 import torch
 
 from distlib.options import choice
-from distlib.protocol import AsyncStrategy, Service
-from distlib.strategy import STRATEGIES, Context
+from distlib.protocol import AsyncStrategy, Service, ServiceContext, announce_cut, hold_every_worker, read_cut
+from distlib.record import EvalRecord
+from distlib.share import all_gather_lists, broadcast_object
+from distlib.strategy import STRATEGIES, Context, Report
 
 SCALINGS = ("none", "inverse")
 SERVER_MOMENTA = ("compensated", "configured")
 # point-to-point tags of the protocol (each message kind on its own tag: a receive from any
 # worker on the push tag can never match another kind)
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 101, 102, 103, 104
-PULL, PUSH = 0.0, 1.0
-CUT = 2.0   # reply flag (besides 0 = stop, 1 = go): checkpoint now, the real reply comes after
-#: the numbers of a server record, in the order of a history record (train_loss is filled in by finish)
-RECORD_KEYS = ("step", "epoch", "train_loss", "test_loss", "test_accuracy", "consensus_distance", "lr",
-               "bytes_sent", "bytes_recv", "virtual_s", "wall_s", "staleness_max", "staleness_mean")
+PULL, PUSH = 0.0, 1.0     # request kinds; a reply's flag: 0 = stop, 1 = go, or a cut (distlib.protocol)
 
 
 def server_rank(ctx: Context) -> int:
-    return ctx.world_size - 1
+    return ctx.workers      # the one service rank, after the workers
 
 
 def explicit_momentum(mu: float, n: int) -> float:
@@ -100,7 +100,7 @@ class AsyncPS(AsyncStrategy):
         self.version = 0            # the version of this worker's copy of x
         self.go = True              # the server has not said stop
         self.awaiting = False       # the last reply was held back by a cut
-        self.cut: int | None = None     # the step of the cut just announced, until saved
+        self.cut: tuple[int, bool] | None = None     # the (step, stop) of the cut just announced, until saved
         self.losses: list[float] = []   # the loss of each gradient pushed
         self.results = Results()    # the server's record, after finish
 
@@ -123,7 +123,7 @@ class AsyncPS(AsyncStrategy):
             self._reply(ctx)
         return self.go
 
-    def checkpoint_cut(self, ctx: Context) -> int | None:
+    def checkpoint_cut(self, ctx: Context) -> tuple[int, bool] | None:
         cut, self.cut = self.cut, None
         return cut
 
@@ -137,9 +137,9 @@ class AsyncPS(AsyncStrategy):
     def _reply(self, ctx: Context) -> None:
         comm, srv = ctx.comm, server_rank(ctx)
         reply = comm.recv(torch.zeros(2, dtype=torch.float64), srv, TAG_REPLY)
-        self.awaiting = bool(reply[1] == CUT)
+        self.cut = read_cut(reply)      # the checkpoint's (step, stop): the real reply comes after it
+        self.awaiting = self.cut is not None
         if self.awaiting:
-            self.cut = int(reply[0])    # the checkpoint's step
             return
         comm.recv(ctx.worker.flat_params(), srv, TAG_PARAMS)
         self.version, self.go = int(reply[0]), bool(reply[1])
@@ -147,14 +147,10 @@ class AsyncPS(AsyncStrategy):
     def finish(self, ctx: Context) -> None:
         self.results = self.results.shared(ctx, self.losses)
 
-    def records(self) -> list[dict[str, Any]]:
-        return self.results.evals
-
-    def scalars(self) -> dict[str, float]:
-        return self.results.scalars()
-
-    def histograms(self) -> dict[str, list[float]]:
-        return {"staleness": [float(s) for s in self.results.staleness]}
+    def report(self, ctx: Context) -> Report:
+        r = self.results
+        return Report(scalars=r.scalars(), records=r.evals, window_losses=r.last_window,
+                      histograms={"staleness": [float(s) for s in r.staleness]})
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version, "go": self.go, "awaiting": self.awaiting, "losses": list(self.losses)}
@@ -172,7 +168,8 @@ class Results:
     def __init__(self) -> None:
         self.staleness: list[int] = []
         self.applied: list[int] = []
-        self.evals: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []     # history rows with "applied" (server) / EvalRecords (shared)
+        self.last_window: list[float] | None = None   # this worker's losses applied after the last record
 
     def scalars(self) -> dict[str, float]:
         s = torch.tensor(self.staleness or [0], dtype=torch.float64)
@@ -181,44 +178,24 @@ class Results:
     def shared(self, ctx: Context, losses: list[float]) -> "Results":
         """Collective, on every rank after training: the server's x and record, with each record's
         train_loss from the workers' ``losses`` (uncounted: measurement, not protocol)."""
-        comm, srv = ctx.comm, server_rank(ctx)
-        out = Results()
+        comm, srv, n = ctx.comm, server_rank(ctx), ctx.workers
         with comm.uncounted():
             comm.broadcast(ctx.worker.flat_params(), src=srv)
-            size = comm.broadcast(torch.tensor([len(self.staleness), len(self.applied)], dtype=torch.float64), src=srv)
-            record = torch.zeros(int(size[0]) + int(size[1]), dtype=torch.float64)
-            if ctx.rank == srv:
-                record.copy_(torch.tensor(self.staleness + self.applied, dtype=torch.float64))
-            comm.broadcast(record, src=srv)
-            out.evals = self._share_evals(ctx, losses)
-        k = int(size[0])
-        out.staleness, out.applied = [int(s) for s in record[:k]], [int(a) for a in record[k:]]
-        return out
-
-    def _share_evals(self, ctx: Context, losses: list[float]) -> list[dict[str, Any]]:
-        comm, srv, n = ctx.comm, server_rank(ctx), ctx.world_size - 1
-        m = int(comm.broadcast(torch.tensor([len(self.evals)], dtype=torch.float64), src=srv))
-        if m == 0:
-            return []
-        table = torch.zeros(m, len(RECORD_KEYS) + n, dtype=torch.float64)
-        if ctx.rank == srv:
-            table.copy_(torch.tensor([[r[k] for k in RECORD_KEYS] + r["applied"] for r in self.evals],
-                                     dtype=torch.float64))
-        comm.broadcast(table, src=srv)
-        counts = [int(c) for c in comm.all_gather(torch.tensor([len(losses)], dtype=torch.float64))]
-        mine = torch.zeros(max(counts), dtype=torch.float64)
-        mine[:len(losses)] = torch.tensor(losses, dtype=torch.float64)
-        gathered = comm.all_gather(mine)          # gathered[i][k]: worker i's k-th pushed gradient
-        evals, before = [], [0] * n
-        for row in table:
-            applied = [int(a) for a in row[len(RECORD_KEYS):]]
+        mine = {"staleness": self.staleness, "applied": self.applied, "evals": self.evals}
+        theirs = broadcast_object(comm, mine if ctx.rank == srv else None, src=srv)
+        pushed = all_gather_lists(comm, losses)       # pushed[i][k]: worker i's k-th pushed gradient's loss
+        out = Results()
+        out.staleness, out.applied = theirs["staleness"], theirs["applied"]
+        before = [0] * n
+        for row in theirs["evals"]:
+            applied = row.pop("applied")
             # the server applies each worker's gradients in the order pushed: the k-th applied is its k-th loss
-            since = torch.cat([gathered[i][before[i]:applied[i]] for i in range(n)])
-            record = dict(zip(RECORD_KEYS, (float(v) for v in row[:len(RECORD_KEYS)])))
-            record.update(step=int(record["step"]), train_loss=float(since.mean()))
-            evals.append(record)
+            since = torch.tensor([v for i in range(n) for v in pushed[i][before[i]:applied[i]]], dtype=torch.float64)
+            out.evals.append(EvalRecord.from_dict({**row, "train_loss": float(since.mean())}))
             before = applied
-        return evals
+        if ctx.rank < n:
+            out.last_window = pushed[ctx.rank][before[ctx.rank]:out.applied[ctx.rank]]
+        return out
 
 
 # -- server ------------------------------------------------------------------------------------
@@ -236,10 +213,11 @@ class ParameterServer(Service):
         self.mu: list[float] = []   # optim.momentum per parameter group, as configured (setup)
         self.wall_before, self.t0 = 0.0, time.perf_counter()   # wall clock (earlier segments, this one)
 
-    def serve(self, ctx: Context) -> int | None:
-        """Answer requests until every worker has been told to stop (None), or until a cut (its step)."""
+    def serve(self, ctx: ServiceContext) -> tuple[int, bool] | None:   # type: ignore[override]
+        """Answer requests until every worker has been told to stop (None), or until a cut
+        (its step, and whether the run stops there)."""
         comm, worker, res = ctx.comm, ctx.worker, self.results
-        n = ctx.world_size - 1
+        n = ctx.workers
         budget = n * ctx.total_steps
         head = torch.zeros(2, dtype=torch.float64)
         res.applied = res.applied or [0] * n
@@ -259,8 +237,9 @@ class ParameterServer(Service):
                 if every and self.version % (n * every) == 0 and self.version < budget:
                     self._record(ctx)
                 # held requests apply fewer than n gradients after a cut at a multiple of n: none is a cut
-                if live and self._cut_due(n, ctx.checkpoint_due):
-                    return self._cut(ctx, i)
+                stop = ctx.stop_requested()
+                if live and self._cut_due(n, lambda k: stop or ctx.checkpoint_due(k)):
+                    return self._cut(ctx, i, stop), stop
             go = self.version < budget
             self.stopped += not go
             comm.send(torch.tensor([self.version, float(go)], dtype=torch.float64), i, TAG_REPLY)
@@ -274,18 +253,13 @@ class ParameterServer(Service):
         """A checkpoint at this version: a multiple of n due as a step, every worker in its loop."""
         return self.version % n == 0 and due(self.version // n) and self.joined == n and self.stopped == 0
 
-    def _cut(self, ctx: Context, i: int) -> int:
+    def _cut(self, ctx: Context, i: int, stop: bool) -> int:
         """Hold i's reply, take one request from every other worker, tell all of them "cut"."""
-        comm, n = ctx.comm, ctx.world_size - 1
-        head = torch.zeros(2, dtype=torch.float64)
+        n = ctx.workers
         self.held.append((i, PULL, self.version, None))     # answered first: x is already at its version
-        while len(self.held) < n:
-            j = comm.recv_any(head, [w for w in range(n) if w not in {h[0] for h in self.held}], TAG_PUSH)
-            self.held.append((j, float(head[0]), int(head[1]), self._take_grad(ctx, j, head)))
-        step = self.version // n
-        for j in range(n):
-            comm.send(torch.tensor([step, CUT], dtype=torch.float64), j, TAG_REPLY)
-        return step
+        hold_every_worker(ctx.comm, range(n), self.held, TAG_PUSH,
+                          lambda j, head: (j, float(head[0]), int(head[1]), self._take_grad(ctx, j, head)))
+        return announce_cut(ctx.comm, range(n), self.version // n, stop, TAG_REPLY)
 
     def setup(self, ctx: Context) -> None:
         """Keep the configured momentum mu (the optimizer is fresh here, before any resume)."""
@@ -298,7 +272,7 @@ class ParameterServer(Service):
 
     def _apply(self, ctx: Context, g: torch.Tensor, s: int) -> None:
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
-        worker, n = ctx.worker, ctx.world_size - 1
+        worker, n = ctx.worker, ctx.workers
         assert ctx.lr is not None
         ctx.lr.apply(worker, self.version // (n * ctx.steps_per_epoch),
                      divisor=1 + s if self.staleness_scaling == "inverse" else 1.0)
@@ -307,30 +281,25 @@ class ParameterServer(Service):
         self.version += 1
         self.results.staleness.append(s)
 
-    def _record(self, ctx: Context) -> None:
-        """Evaluate x at this version, outside the run's counted time and traffic (no message is sent)."""
-        comm, n = ctx.comm, ctx.world_size - 1
-        step = self.version // n
-        assert ctx.lr is not None and ctx.test_set is not None
-        with comm.uncounted():
-            ev = ctx.worker.evaluate(ctx.test_set)
-        c = comm.counters
-        traffic = (c.bytes_sent + c.bytes_recv) / ctx.world_size    # every byte goes to or from the server
-        s = torch.tensor(self.results.staleness, dtype=torch.float64)
-        self.results.evals.append({
-            "step": step, "epoch": step / ctx.steps_per_epoch, "train_loss": math.nan,
-            "test_loss": ev.loss, "test_accuracy": ev.accuracy, "consensus_distance": math.nan,
-            "lr": ctx.lr((self.version - 1) // (n * ctx.steps_per_epoch)),
-            "bytes_sent": traffic, "bytes_recv": traffic, "virtual_s": c.clock,
-            "wall_s": self.wall_before + time.perf_counter() - self.t0,
-            "staleness_max": float(s.max()), "staleness_mean": float(s.mean()),
-            "applied": list(self.results.applied)})
+    def _record(self, ctx: ServiceContext) -> None:
+        """Evaluate x at this version with the run's evaluator (no message is sent)."""
+        n = ctx.workers
+        assert ctx.lr is not None and ctx.evaluate is not None
+        record = ctx.evaluate(None, self.version // n)
+        c = ctx.comm.counters
+        record.bytes_sent = record.bytes_recv = (c.bytes_sent + c.bytes_recv) / ctx.world_size  # all via the server
+        record.lr = ctx.lr((self.version - 1) // (n * ctx.steps_per_epoch))
+        record.wall_s = self.wall_before + time.perf_counter() - self.t0
+        record.extra = self.results.scalars()
+        self.results.evals.append({**record.to_dict(), "applied": list(self.results.applied)})
+        if ctx.emit is not None:
+            ctx.emit(record)    # the train loss comes at finish
 
     def finish(self, ctx: Context) -> None:
         self.results = self.results.shared(ctx, [])
 
-    def scalars(self) -> dict[str, float]:
-        return self.results.scalars()
+    def report(self, ctx: Context) -> Report:
+        return Report(scalars=self.results.scalars())
 
     def state_dict(self) -> dict[str, Any]:
         r = self.results

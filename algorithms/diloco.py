@@ -69,6 +69,10 @@ class DiLoCo(Strategy):
         self.theta.sub_(delta.add_(self.v, alpha=self.mu), alpha=self.outer_lr)   # Nesterov: Delta + mu v
         x.copy_(self.theta)
 
+    def evaluated(self, ctx: Context) -> torch.Tensor:
+        """The outer parameters theta: off a synchronisation step the inner x_i are not the model."""
+        return self.theta
+
     def state_dict(self) -> dict[str, Any]:
         return {"theta": self.theta.clone(), "v": self.v.clone(),
                 "adamw": self.adamw.state_dict() if self.adamw is not None else None}

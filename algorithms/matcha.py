@@ -21,7 +21,7 @@ import numpy as np
 
 from distlib.averaging import MixPlan, gossip
 from distlib.options import choice, number
-from distlib.strategy import STRATEGIES, Context, Strategy
+from distlib.strategy import STRATEGIES, Context, Report, Strategy
 from distlib.topology.activation import MatchaDesign, matcha_design
 from distlib.topology.matching import DECOMPOSITIONS
 
@@ -59,12 +59,12 @@ class MATCHA(Strategy):
         gossip(ctx.comm, ctx.worker.flat_params(), plan)   # y_i = x_i - gamma g_i is done; x_i <- sum_j W_ij y_j
         self._sums += (1, active.sum(), d.p.sum(), plan.degree, d.expected_peers(ctx.rank))
 
-    def scalars(self) -> dict[str, float]:
-        """Per step since the last call: active matchings and this worker's peers, drawn vs expected."""
+    def report(self, ctx: Context) -> Report:
+        """Per step since the last report: active matchings and this worker's peers, drawn vs expected."""
         steps, active, exp_active, peers, exp_peers = self._sums / max(self._sums[0], 1)
         self._sums[:] = 0
-        return {"matcha/active_matchings": float(active), "matcha/expected_matchings": float(exp_active),
-                "matcha/peers": float(peers), "matcha/expected_peers": float(exp_peers)}
+        return Report(scalars={"matcha/active_matchings": float(active), "matcha/expected_matchings": float(exp_active),
+                               "matcha/peers": float(peers), "matcha/expected_peers": float(exp_peers)})
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": self._sums.tolist()}

@@ -28,7 +28,7 @@ import torch
 
 from distlib.comm.base import Handle
 from distlib.options import choice, integer
-from distlib.strategy import STRATEGIES, Context, Strategy
+from distlib.strategy import STRATEGIES, Context, Report, Strategy
 
 GRAPHS = ("directed_exponential", "topology")
 TAG = 23    # push-sum messages travel on their own tag
@@ -75,9 +75,13 @@ class SGP(Strategy):
         for j in inn:
             buf = torch.empty_like(self.xw)
             self.pending.append([k, j, buf, comm.irecv(buf, j, TAG)])
-        last = ctx.total_steps and k + 1 >= ctx.total_steps
-        self._mix(lambda sent: last or sent <= k - self.overlap)
+        self._mix(lambda sent: sent <= k - self.overlap)
         x.copy_(self.xw[:-1] / self.xw[-1])                     # z_i = x_i / w_i
+
+    def finish(self, ctx: Context) -> None:
+        """The run's end (or a signal): add every message still in flight, wait for every send."""
+        self._mix(lambda sent: True)
+        ctx.worker.flat_params().copy_(self.xw[:-1] / self.xw[-1])
 
     def _mix(self, due) -> None:
         """Add the received messages whose send step is ``due``, senders in a fixed order."""
@@ -100,8 +104,8 @@ class SGP(Strategy):
         """x_i (the model holds z_i = x_i / w_i)."""
         return self.xw[:-1]
 
-    def scalars(self) -> dict[str, float]:
-        return {"sgp/weight": self.weight()}
+    def report(self, ctx: Context) -> Report:
+        return Report(scalars={"sgp/weight": self.weight()})
 
     def state_dict(self) -> dict[str, Any]:
         for m in self.pending:      # messages in flight become part of the state

@@ -10,7 +10,8 @@ from typing import Any
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "Trainer": "distlib.trainer", "Context": "distlib.strategy", "Strategy": "distlib.strategy",
+    "Trainer": "distlib.trainer", "Run": "distlib.run", "EvalRecord": "distlib.record", "Report": "distlib.strategy",
+    "ServiceContext": "distlib.protocol", "Context": "distlib.strategy", "Strategy": "distlib.strategy",
     "STRATEGIES": "distlib.strategy", "AsyncStrategy": "distlib.protocol", "Service": "distlib.protocol",
     "build_strategy": "distlib.config", "register_configs": "distlib.config", "LRSchedule": "distlib.lr",
     "LoopState": "distlib.step", "train_step": "distlib.step",

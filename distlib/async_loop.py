@@ -1,71 +1,69 @@
 """The training loop of an asynchronous protocol (see :mod:`distlib.protocol`).
 
-Workers step at their own pace until their protocol says stop; service ranks serve. A
-checkpoint is taken where the protocol stops every rank at a consistent cut, on the
-simulated backend only (its order of events is reproducible). The run is evaluated once, at
-the end: an evaluation is a global synchronisation point, which an asynchronous run never
-has during training (a protocol may evaluate without one and hand over its ``records``).
+Workers step at their own pace until their protocol says stop; service ranks serve. Progress
+(with the virtual clock) moves as workers step; a service's records made during training are
+logged when made where rank 0's logger is in the same process (the simulated backend), else
+after ``finish``. A checkpoint is taken where the protocol stops every rank at a consistent
+cut; a signal asks the protocol for its next cut, after which every rank saves and stops. The
+run is evaluated once more at the end: an evaluation is a global synchronisation point, which
+an asynchronous run never has during training. Its train loss is the mean over the last window
+of ``eval_every`` steps, as in every other record.
 """
 from __future__ import annotations
 
 import itertools
-import warnings
-from typing import TYPE_CHECKING, Any
+import math
+from typing import Any
 
-from distlib.errors import ConfigError
+from distlib.comm.base import Communicator
 from distlib.protocol import AsyncStrategy, Service
+from distlib.run import Run
 from distlib.step import train_step
 
-if TYPE_CHECKING:
-    from distlib.comm.base import Communicator
-    from distlib.trainer import Trainer
 
-
-class AsyncLoop:
-    """``loop(comm)`` runs one rank of an asynchronous run of ``trainer``'s config."""
-
-    def __init__(self, trainer: "Trainer", algo: AsyncStrategy) -> None:
-        cfg = trainer.cfg
-        self.trainer = trainer
-        cuts = algo.consistent_cuts and cfg.backend.name == "sim"
-        if not cuts:
-            trainer.checkpointer.enabled = False
-            if trainer.checkpointer.source:
-                name = cfg.algorithm.get("name") or cfg.algorithm.get("_target_")
-                why = "can resume only on backend=sim" if algo.consistent_cuts else \
-                    "cannot checkpoint or resume (its protocol has no consistent cut; see docs/checkpoints.md)"
-                raise ConfigError(f"resume: asynchronous algorithm {name} {why}")
-        if cfg.backend.name == "sim" and trainer.step_time is None:
-            warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
-                          "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")
-
-    def __call__(self, comm: "Communicator") -> dict[str, Any] | None:
-        t = self.trainer
-        ctx, role, loop = t.start(comm)
-        logger = t.logger if comm.rank == 0 else None
-        if isinstance(role, Service):
-            while (at := role.serve(ctx)) is not None:     # it stopped at a consistent cut
-                t.checkpointer.save(ctx, role, loop, logger, at=at)
-        else:
-            assert isinstance(role, AsyncStrategy)
-            for step in itertools.count(loop.step):
-                ctx.step, ctx.epoch = step, step // t.steps_per_epoch
-                if not role.keep_training(ctx):
+def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
+    """Run this rank (a worker or a service rank); rank 0 returns the summary (others None)."""
+    ctx, role, loop = run.start(comm)
+    logger = run.logger_of(comm.rank)
+    stopped = False
+    if isinstance(role, Service):
+        while (cut := role.serve(ctx)) is not None:     # it stopped at a consistent cut
+            at, stop = cut
+            run.checkpointer.save(ctx, role, loop, logger, at=at)
+            if stop:
+                stopped = True
+                break
+    else:
+        assert isinstance(role, AsyncStrategy)
+        for step in itertools.count(loop.step):
+            ctx.step, ctx.epoch = step, step // run.steps_per_epoch
+            if not role.keep_training(ctx):
+                break
+            comm.speed = run.cluster.speed(comm.rank, step)
+            run.lr.apply(ctx.worker, role.progress(ctx))
+            train_step(ctx, role, loop, run.step_time)
+            loop.step = step + 1
+            if loop.step % run.eval_every == 0:     # the window the final record's train loss is from
+                loop.window_loss = loop.take_mean_loss()
+            if run.logger is not None:
+                run.logger.step_done(loop.step, ctx.loss, comm.clock)
+            if (cut := role.checkpoint_cut(ctx)) is not None:
+                at, stop = cut
+                run.checkpointer.save(ctx, role, loop, logger, at=at)
+                if stop:
+                    stopped = True
                     break
-                comm.speed = t.cluster.speed(comm.rank, step)
-                t.lr.apply(ctx.worker, role.progress(ctx))
-                train_step(ctx, role, loop, t.step_time)
-                loop.step = step + 1
-                if (at := role.checkpoint_cut(ctx)) is not None:
-                    t.checkpointer.save(ctx, role, loop, logger, at=at)
-        role.finish(ctx)
-        ctx.step = t.total_steps - 1     # the record's step counts samples as a synchronous run would
-        record = t.evaluate(ctx, role, loop.take_mean_loss())
-        if logger is not None:
-            assert isinstance(role, AsyncStrategy)      # rank 0 is a worker
-            for early in role.records():    # made during training (e.g. by the server), in order
-                logger.log(early)
-            logger.log(record)
-            logger.log_histograms(role.histograms(), record["step"])
-            return logger.write_summary()
-        return None
+    if stopped:
+        run.stop.stopped(at)
+    role.finish(ctx)
+    if stopped:     # the resumed run makes the final evaluation
+        return logger.write_summary() if logger is not None else None
+    ctx.step = run.total_steps - 1     # the record's step counts samples as a synchronous run would
+    rest = loop.take_mean_loss()
+    record, report = run.evaluate(ctx, role, loop.window_loss if math.isnan(rest) else rest)
+    if logger is not None:
+        assert record is not None
+        logger.amend(report.records)    # made during training, in order (logged now, or completed)
+        logger.log(record, report)
+        return logger.write_summary()
+    return None

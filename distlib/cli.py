@@ -90,9 +90,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         console.error(interrupted_line(e, cfg))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        console.error("interrupted: stopped at once (a second Ctrl-C, or before the training loop "
-                      "started); no checkpoint written")
-        sys.exit(130)
+        import signal
+
+        from distlib import interrupt
+        signum = interrupt.stopped_by()
+        console.error(f"interrupted by {signal.Signals(signum).name}: stopped at once (a second signal, before the "
+                      f"training loop started, or a protocol with no consistent cut); no checkpoint written")
+        sys.exit(128 + signum)
     except ConfigError as e:
         # A wrong config value: one line naming the field, no traceback.
         console.error(f"config error: {e}")
@@ -184,6 +188,10 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
             value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "NAME")
             return (f"{key}: not in the defaults list, so it is added, not overridden: write "
                     f"+{key}={value}")
+        from distlib.schema import declared
+        if declared(key):   # an optional field the shipped configs leave out
+            value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "VALUE")
+            return f"{key}: off unless added, so it is added, not overridden: write +{key}={value}"
         return unknown_key(key, _keys_beside(key, argv or []))
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:

@@ -118,7 +118,23 @@ def validate(cfg: DictConfig) -> "Strategy":
         resolve_workers(cfg, getattr(algo, "service_ranks", 0))
         schema.check(cfg)   # again: the checks that involve the number of workers (cluster.speeds)
     schema.check_ranks(cfg, cfg.workers + getattr(algo, "service_ranks", 0))
+    check_async_checkpoints(cfg, algo)
     return algo
+
+
+def check_async_checkpoints(cfg: DictConfig, algo: "Strategy") -> None:
+    """An asynchronous protocol checkpoints only at a consistent cut: one without cuts
+    (AD-PSGD) refuses a resume or an explicit ``checkpoint.every`` here, in one line."""
+    from distlib.protocol import AsyncStrategy
+    if not isinstance(algo, AsyncStrategy) or algo.consistent_cuts:
+        return
+    name = cfg.algorithm.get("name") or cfg.algorithm.get("_target_")
+    why = f"asynchronous algorithm {name} has no consistent cut to checkpoint at (see docs/checkpoints.md)"
+    resume = cfg.get("resume")
+    if resume is not None and resume is not False and resume != "auto":
+        raise ConfigError(f"resume: {why}; it cannot resume")
+    if (cfg.get("checkpoint") or {}).get("every") and (cfg.get("checkpoint") or {}).get("enabled", True):
+        raise ConfigError(f"checkpoint.every: {why}; set checkpoint.enabled=false")
 
 
 def resolve_workers(cfg: DictConfig, service_ranks: int = 0, environ: dict[str, str] | None = None) -> int:

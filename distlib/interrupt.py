@@ -7,7 +7,8 @@ see the signal fixes the stop step as the furthest step any worker has begun, an
 worker stops when it has done that many. Across processes (torch.distributed) each step
 ends with one tiny uncounted ``all_reduce(max)`` of the signal number, only while the
 handlers are installed, so all ranks stop at the same step even when only one got the
-signal. The asynchronous loop does not poll: there a signal stops the run at once
+signal. The asynchronous loop polls too, but its protocol decides where to stop: at its next
+consistent cut (see :mod:`distlib.async_loop`); a protocol without cuts stops at once
 (KeyboardInterrupt), as does a second signal of the same kind (a second Ctrl-C).
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class _State:
     installed: bool = False
     polling: bool = False           # a loop checks the flag after every step
     signum: int | None = None
+    last: int | None = None         # the signal that last stopped a run at once (its exit code)
 
 
 _STATE = _State()
@@ -69,9 +71,20 @@ def _handle(signum: int, frame: object) -> None:
     if _STATE.polling and _STATE.signum is None:
         _STATE.signum = signum
     elif not _STATE.polling or _STATE.signum == signum:
-        # nothing can stop cleanly now (building, the asynchronous loop), or asked twice: stop at once
+        # nothing can stop cleanly now (building, a protocol with no cut), or asked twice: stop at once
+        _STATE.last = signum
         raise KeyboardInterrupt
     # else a different second signal (torchrun sends SIGTERM after the terminal's SIGINT): stop as asked
+
+
+def requested() -> int | None:
+    """The signal that asked the polling loop to stop, or None."""
+    return _STATE.signum if _STATE.polling else None
+
+
+def stopped_by() -> int:
+    """The signal behind a KeyboardInterrupt raised by the handler (SIGINT if none was)."""
+    return _STATE.last or signal.SIGINT
 
 
 @contextmanager
@@ -92,6 +105,10 @@ class StopPoint:
         self.begun: dict[int, int] = {}     # rank -> steps it will have done when its current step ends
         self.stop_at: int | None = None
         self.signum: int | None = None
+
+    def stopped(self, at: int) -> None:
+        """An asynchronous protocol stopped every rank at its cut at step ``at`` after a signal."""
+        self.stop_at, self.signum = at, _STATE.signum or signal.SIGTERM
 
     def begin(self, rank: int, step: int) -> None:
         self.begun[rank] = step + 1

@@ -8,19 +8,44 @@ pace; the asynchronous loop (:mod:`distlib.async_loop`) drives it. What it adds:
                           stopped every rank at a consistent cut (every rank then saves)
     finish(ctx)           after the last step, on every rank: end the protocol
     progress(ctx)         the run's progress in epochs, for the learning-rate schedule
-    records(), histograms()  what rank 0 logs after finish
 
 A protocol may need ranks that serve instead of training (a parameter server): it sets
 ``service_ranks`` and builds their role in ``make_service``; those extra ranks come after the
-workers, each running ``serve``. The trainer evaluates an asynchronous run once, after
-``finish``, because its evaluation is a global synchronisation point; a protocol may
-evaluate without one during training and hand those records over in ``records``.
+workers, each running ``serve`` with a :class:`ServiceContext`. The loop evaluates an
+asynchronous run once, after ``finish``, because its evaluation is a global synchronisation
+point; a service may evaluate without one during training (``ctx.evaluate``) and hand those
+records over through ``ctx.emit`` (logged at once when rank 0's logger is in its process)
+or in its report's ``records``.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
 
 from distlib.strategy import Context, Role, Strategy
+
+if TYPE_CHECKING:
+    from distlib.comm.base import Communicator
+    from distlib.record import EvalRecord
+
+
+@dataclass
+class ServiceContext(Context):
+    """A service rank's view: the worker's plus what only a service uses."""
+
+    #: steps between evaluations (a service evaluates on its own schedule)
+    eval_every: int | None = None
+    #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
+    checkpoint_due: Callable[[int], bool] = lambda done: False
+    #: evaluate the given flat parameters on the test set, outside counted time and traffic:
+    #: a record with the test figures, lr and clock filled in (the caller sets the rest)
+    evaluate: "Callable[..., EvalRecord] | None" = None
+    #: hand a record made during training to rank 0's history (None: keep it for the report)
+    emit: "Callable[[EvalRecord], None] | None" = None
+    #: a signal asked the run to stop: cut as soon as every worker can be held
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 class Service(Role):
@@ -31,8 +56,6 @@ class Service(Role):
         after which every rank saves and ``serve`` is called again."""
         raise NotImplementedError
 
-    def finish(self, ctx: Context) -> None:
-        """After serving, on this rank: the counterpart of the workers' ``finish``."""
 
 
 class AsyncStrategy(Strategy):
@@ -58,14 +81,32 @@ class AsyncStrategy(Strategy):
     def checkpoint_cut(self, ctx: Context) -> int | None:
         return None
 
-    def finish(self, ctx: Context) -> None:
-        pass
 
-    def records(self) -> list[dict[str, Any]]:
-        """History records of evaluations made during training without a sync point, in order;
-        read on rank 0 after ``finish`` and logged before the final evaluation."""
-        return []
+# -- the cut handshake of a request/reply protocol with a server ----------------------------------
+#: reply flags of a cut: checkpoint now (and then stop the run); a protocol's own flags are < 2
+CUT, CUT_STOP = 2.0, 3.0
 
-    def histograms(self) -> dict[str, list[float]]:
-        """Values to show as TensorBoard histograms at the final evaluation (rank 0's)."""
-        return {}
+
+def hold_every_worker(comm: "Communicator", workers: Sequence[int], held: list[tuple[Any, ...]], tag: int,
+                      take: Callable[[int, torch.Tensor], tuple[Any, ...]]) -> None:
+    """Server side of a cut: besides the requests already ``held`` (their worker first in each),
+    take one request on ``tag`` from every other worker (``take(worker, head)`` reads the rest of
+    it) and hold it, unanswered. Then every worker waits for a reply and nothing is in flight."""
+    head = torch.zeros(2, dtype=torch.float64)
+    while len(held) < len(workers):
+        waiting = {h[0] for h in held}
+        j = comm.recv_any(head, [w for w in workers if w not in waiting], tag)
+        held.append(take(j, head))
+
+
+def announce_cut(comm: "Communicator", workers: Sequence[int], step: int, stop: bool, tag: int) -> int:
+    """Tell every worker "cut at ``step``" (and whether the run stops there) as its reply."""
+    for j in workers:
+        comm.send(torch.tensor([step, CUT_STOP if stop else CUT], dtype=torch.float64), j, tag)
+    return step
+
+
+def read_cut(reply: torch.Tensor) -> tuple[int, bool] | None:
+    """Worker side: the (step, stop) of a cut if the reply ``[value, flag]`` announces one."""
+    flag = float(reply[1])
+    return (int(reply[0]), flag == CUT_STOP) if flag in (CUT, CUT_STOP) else None

@@ -7,8 +7,10 @@ Users register their own classes the same way the library does::
     @STRATEGIES.register("my_algo")
     class MyAlgo(Strategy): ...
 
-The library's own entries are declared ``lazy``: a name maps to the module that registers
-it, imported the first time the name is looked up. So registration never depends on what
+The library's own entries are found lazily: a registry given a ``package`` looks a name up
+as the module ``<package>.<name>`` (the shipped algorithms: ``distlib/algorithms/<name>.py``,
+so adding one edits no other file), and entries declared ``lazy`` map a name to the module
+that registers it. Either is imported the first time the name is looked up. So registration never depends on what
 was imported before, and importing a registry does not import torch or every algorithm.
 """
 from __future__ import annotations
@@ -27,11 +29,24 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> class (or factory) table with clear errors for unknown or duplicate names."""
 
-    def __init__(self, kind: str, field: str, lazy: Mapping[str, str] | None = None) -> None:
+    def __init__(self, kind: str, field: str, lazy: Mapping[str, str] | None = None, *,
+                 package: str | None = None) -> None:
         self.kind = kind    # "strategy", used in messages
         self.field = field  # the config field that selects it, e.g. "algorithm"
         self._table: dict[str, Callable[..., T]] = {}
         self._lazy: dict[str, str] = dict(lazy or {})   # name -> module whose import registers it
+        self.package = package     # the name ``x`` is registered by the module ``<package>.x``
+        self._found: list[str] | None = None
+
+    def _shipped(self) -> dict[str, str]:
+        """name -> module: the ``lazy`` table and the package's modules (listed, not imported)."""
+        if self.package is None:
+            return self._lazy
+        if self._found is None:
+            import pkgutil
+            pkg = importlib.import_module(self.package)
+            self._found = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+        return {**{name: f"{self.package}.{name}" for name in self._found}, **self._lazy}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(obj: Callable[..., T]) -> Callable[..., T]:
@@ -43,8 +58,9 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
-        if name not in self._table and name in self._lazy:
-            importlib.import_module(self._lazy[name])
+        shipped = self._shipped()
+        if name not in self._table and name in shipped:
+            importlib.import_module(shipped[name])
         if name not in self._table:
             from distlib.options import imports_hint
             raise ConfigError(f"{self.field}: unknown {self.kind} {name!r}; "
@@ -60,14 +76,18 @@ class Registry(Generic[T]):
 
     def load_all(self) -> None:
         """Import every lazily declared entry (to list or inspect them all)."""
-        for name in list(self._lazy):
+        for name in list(self._shipped()):
             self.get(name)
 
+    def shipped(self) -> list[str]:
+        """The names of the library's own entries (found in ``package`` or declared ``lazy``)."""
+        return sorted(self._shipped())
+
     def names(self) -> list[str]:
-        return sorted(set(self._table) | set(self._lazy))
+        return sorted(set(self._table) | set(self._shipped()))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._table or name in self._lazy
+        return name in self._table or name in self._shipped()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

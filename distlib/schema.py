@@ -73,7 +73,9 @@ class DatasetConfig:
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: float = rule(0.5, gt=0)              # Dirichlet concentration
     shards_per_worker: int = rule(2, ge=1)
-    # a shard smaller than batch_size: refused, or (true) its batches repeat its samples
+    # a shard smaller than batch_size: refused, or (true) its batches repeat its samples. Not in
+    # the shipped configs (the default run's recorded config stays as it was): add it with
+    # +dataset.sample_with_replacement=true
     sample_with_replacement: bool = False
 
 
@@ -262,6 +264,17 @@ def check_ranks(cfg: DictConfig | dict, ranks: int) -> None:
                 if is_integer(value) and value >= ranks:
                     raise ConfigError(f"network.{group}[{i}].{key}: must be a rank < {ranks} (the run's workers"
                                       f"{' and service ranks' if ranks != cfg.get('workers') else ''}), got {value}")
+
+
+def declared(key: str) -> bool:
+    """Whether the dotted ``key`` is a field of the schema (``dataset.sample_with_replacement``),
+    present in the composed config or not."""
+    tp: Any = TrainConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
+            return False
+        tp = typing.get_type_hints(tp)[part]
+    return True
 
 
 def compression_names() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """One training step of one worker: the Strategy hooks in their order, shared by every loop.
 
-Both training loops (synchronous, :mod:`distlib.trainer`; asynchronous,
+Both training loops (synchronous, :mod:`distlib.sync_loop`; asynchronous,
 :mod:`distlib.async_loop`) call :func:`train_step`, and so do the tests that check a
 strategy's hooks, so none of them can drift from the order the runtime really uses.
 """
@@ -24,6 +24,7 @@ class LoopState:
     loss_sum: float = 0.0               # train loss summed since the last evaluation
     loss_count: int = 0
     last_finite: float = float("nan")   # for the divergence message
+    window_loss: float = float("nan")   # the mean of the last window taken (asynchronous loop)
 
     def take_mean_loss(self) -> float:
         """The mean train loss since the last call (NaN if no step ran), and start a new mean."""
@@ -54,5 +55,3 @@ def train_step(ctx: "Context", strategy: "Strategy", loop: LoopState, step_time:
     strategy.after_step(ctx)
     if finite:      # a skipped float16 step has no loss to average
         loop.loss_sum, loop.loss_count = loop.loss_sum + ctx.loss, loop.loss_count + 1
-    if (ctx.step + 1) % ctx.steps_per_epoch == 0:
-        strategy.end_epoch(ctx)

@@ -10,7 +10,12 @@ points; a Strategy overrides only what is specific to it::
         after_backward(ctx)       gradients ready, parameters not yet updated
         local_update(ctx)         default: the optimizer step  x_i <- x_i - gamma g_i
         after_step(ctx)
-    end_epoch(ctx)                after the last step of every epoch
+    finish(ctx)                   after the last step, also when a signal stopped the run early
+
+and, at every evaluation, on every rank::
+
+    evaluated(ctx)                the parameters to evaluate (default: the model's, x_i)
+    report(ctx)                   the strategy's own figures since the last report (a Report)
 
 Hooks may communicate through ``ctx.comm`` in plain blocking style; on the simulated
 backend that is where workers hand over to each other. Asynchronous protocols, whose
@@ -18,15 +23,16 @@ workers do not advance in lockstep, subclass :class:`distlib.protocol.AsyncStrat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from distlib.registry import Registry
 
 if TYPE_CHECKING:
     from distlib.comm.base import Communicator
+    import torch
+
     from distlib.compression import Compressor
-    from distlib.data.datasets import DataSplit
     from distlib.lr import LRSchedule
     from distlib.topology.graphs import Graph
     from distlib.topology.topology import Topology
@@ -51,12 +57,6 @@ class Context:
     lr: "LRSchedule | None" = None
     #: training workers (ranks 0 .. workers - 1); an asynchronous protocol's service ranks come after
     workers: int = 0
-    #: steps between evaluations (an asynchronous service rank may evaluate on its own schedule)
-    eval_every: int | None = None
-    #: the test set, for a role that evaluates without the trainer (a parameter server)
-    test_set: "DataSplit | None" = None
-    #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
-    checkpoint_due: Callable[[int], bool] = lambda done: False
     #: what messages pass through (``compression=...``), for strategies with ``compresses = True``
     compressor: "Compressor | None" = None
 
@@ -76,8 +76,28 @@ class Context:
         return self.graph().neighbors(self.rank)
 
 
+@dataclass
+class Report:
+    """What a role contributes to an evaluation, besides the runtime's own figures.
+
+    ``scalars`` of every rank are averaged over the ranks into the record's ``extra`` (and
+    TensorBoard's ``algorithm/<name>``); the rest is read on rank 0 only: ``records`` made
+    during training without a sync point (a parameter server's), logged before this
+    evaluation's; ``histograms`` drawn at this evaluation; ``tables``, a function of the run's
+    history rows and header giving TensorBoard text tables (tag -> markdown).
+    """
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    records: list[Any] = field(default_factory=list)     # EvalRecord (distlib.record)
+    histograms: dict[str, list[float]] = field(default_factory=dict)
+    tables: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, str]] | None = None
+    #: the losses of this rank's last window as the protocol counts them (a parameter server's
+    #: applied gradients); None: the loop's mean since the last evaluation
+    window_losses: list[float] | None = None
+
+
 class Role:
-    """What the role of any rank has: set-up, figures for TensorBoard, state for checkpoints."""
+    """What the role of any rank has: set-up and finish, its report, state for checkpoints."""
 
     #: True if the strategy passes its messages through ``ctx.compressor`` (else compression=none only)
     compresses: bool = False
@@ -85,9 +105,18 @@ class Role:
     def setup(self, ctx: Context) -> None:
         pass
 
-    def scalars(self) -> dict[str, float]:
-        """Extra per-rank figures for TensorBoard since the last call (averaged over ranks)."""
-        return {}
+    def finish(self, ctx: Context) -> None:
+        """After the last step on this rank (also after a signal, before the final evaluation):
+        complete what is in flight. Both loops call it on every rank."""
+
+    def report(self, ctx: Context) -> Report:
+        """This rank's figures since the last report; called once per evaluation, on every rank."""
+        return Report()
+
+    def evaluated(self, ctx: Context) -> "torch.Tensor | None":
+        """The flat parameters that this rank's evaluation measures (averaged over ranks for
+        the test figures, and compared for the consensus distance); None: the model's x_i."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -111,13 +140,8 @@ class Strategy(Role):
     def after_step(self, ctx: Context) -> None:
         pass
 
-    def end_epoch(self, ctx: Context) -> None:
-        pass
 
-
-#: The shipped strategies are declared here, by the module that registers each, so a name
-#: resolves whatever was imported before; users add theirs with ``@STRATEGIES.register``.
-STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm", lazy={
-    name: f"distlib.algorithms.{name}" for name in (
-        "allreduce_sgd", "dpsgd", "local_sgd", "matcha", "al_dsgd", "async_ps", "ad_psgd",
-        "choco_sgd", "gradient_tracking", "diloco", "sgp")})
+#: The shipped strategies are found by name as the modules of distlib.algorithms (the file
+#: ``algorithms/<name>.py`` registers ``<name>``), imported on first use, so a name resolves
+#: whatever was imported before; users add theirs with ``@STRATEGIES.register``.
+STRATEGIES: Registry[Strategy] = Registry("algorithm", "algorithm", package="distlib.algorithms")

@@ -66,8 +66,8 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
                 make_worker: Callable[[int], Any], steps: int, *, seed: int = 1234,
                 step_time: float | None = None, before: Callable[[Context], None] | None = None,
                 after: Callable[[Context], None] | None = None) -> list[tuple[Strategy, Any, Context]]:
-    """Run ``steps`` steps of every worker (an asynchronous strategy: until it stops, then its
-    ``finish``), each through ``train_step``; ``before`` / ``after`` see each step's context.
+    """Run ``steps`` steps of every worker, then its ``finish`` (an asynchronous strategy: until
+    it stops), each through ``train_step``; ``before`` / ``after`` see each step's context.
     Returns (strategy, worker, context) per rank."""
 
     def body(r: int) -> tuple[Strategy, Any, Context]:
@@ -86,6 +86,8 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
             if before is not None:
                 before(ctx)
             train_step(ctx, strategy, loop, step_time)
+            if not asynchronous and k + 1 == steps:     # as the synchronous loop: before the last evaluation
+                strategy.finish(ctx)
             if after is not None:
                 after(ctx)
         if isinstance(strategy, AsyncStrategy):

@@ -147,7 +147,7 @@ def test_one_step_matches_numpy(form, weights):
     np.testing.assert_allclose(np.stack(run.x[0]), want, rtol=1e-12, atol=1e-12)
     # the leaders it reports are the ones the formulas used
     for r, s in enumerate(run.strategies):
-        figs = s.scalars()
+        figs = s.report(None).scalars
         assert [figs[f"leader_best/worker_{j}"] for j in range(n)] == [float(j == BEST[r]) for j in range(n)]
         assert [figs[f"leader_degree/worker_{j}"] for j in range(n)] == [float(j == TAU[r]) for j in range(n)]
         assert figs["pull_distance"] > 0
@@ -162,7 +162,7 @@ def test_pull_distance_is_norm_of_z_minus_best_leader():
     z = metropolis_np(EDGES, n) @ y
     for i, s in enumerate(run.strategies):
         zi = 0.6 * z[i] + 0.3 * y[BEST[i]] + 0.1 * y[TAU[i]]
-        assert s.scalars()["pull_distance"] == pytest.approx(np.linalg.norm(zi - y[BEST[i]]), rel=1e-12)
+        assert s.report(None).scalars["pull_distance"] == pytest.approx(np.linalg.norm(zi - y[BEST[i]]), rel=1e-12)
 
 
 @pytest.mark.parametrize("form", ["code", "paper"])
@@ -278,7 +278,7 @@ def test_worked_example_of_the_docs():
         run = run_steps(lambda: ALDSGD(weights="metropolis", pull_form=form, **PUBLISHED), topo, x0, g,
                         np.array([LOSSES]), 0.1)
         np.testing.assert_allclose([v[0] for v in run.x[0]], x1, atol=1e-12)
-        np.testing.assert_allclose([s.scalars()["pull_distance"] for s in run.strategies], dist, atol=1e-12)
+        np.testing.assert_allclose([s.report(None).scalars["pull_distance"] for s in run.strategies], dist, atol=1e-12)
 
 
 # -- dynamic graphs ---------------------------------------------------------------------------

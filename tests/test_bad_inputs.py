@@ -91,12 +91,15 @@ ROWS: list[tuple[list[str], str]] = [
     (["dataset.partition=random"], "dataset.partition: unknown 'random'; allowed: iid, dirichlet, shards"),
     (["dataset.alpha=0"], "dataset.alpha: must be > 0, got 0"),
     (["dataset.shards_per_worker=0"], "dataset.shards_per_worker: must be an integer >= 1, got 0"),
-    (["dataset.sample_with_replacement=maybe"], "dataset.sample_with_replacement: must be true or false, got 'maybe'"),
+    (["+dataset.sample_with_replacement=maybe"], "dataset.sample_with_replacement: must be true or false, got "
+                                                  "'maybe'"),
+    (["dataset.sample_with_replacement=true"], "dataset.sample_with_replacement: off unless added, so it is added, "
+                                               "not overridden: write +dataset.sample_with_replacement=true"),
     (["workers=1024"], "dataset.partition: worker 640 received no samples (640 training samples over 1024 "
                        "workers); use fewer workers or more data"),
     (["workers=32"], "batch_size: 32 is larger than worker 0's shard of 20 samples (640 training samples over 32 "
                      "workers); use fewer workers, a smaller batch_size or more data, or set "
-                     "dataset.sample_with_replacement=true to repeat samples within a batch"),
+                     "+dataset.sample_with_replacement=true to repeat samples within a batch"),
     (["dataset.samples=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.classes=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.dimm=3"], "dataset.dimm: unknown config key; did you mean 'dataset.dim'?"),
@@ -236,7 +239,7 @@ def argv(row: list[str], d: Path) -> list[str]:
 
 #: one row per group in the fast tier (each row costs Hydra's two compositions, ~0.3 s); the
 #: whole table runs in the full suite
-FAST = {"optim.lr=inf", "dataset.sample_with_replacement=maybe", "checkpoint.dir={dir}/a_file", "model.hidden=[0]",
+FAST = {"optim.lr=inf", "dataset.sample_with_replacement=true", "checkpoint.dir={dir}/a_file", "model.hidden=[0]",
         "algorithm.name=random_pair", "experiment=aldsgd_paper", "hydra.run.dir={dir}/a_file", "compression=topk",
         "cluster.slowdown_prob=1.5", "log.every_n_steps=0"}
 

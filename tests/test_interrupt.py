@@ -192,3 +192,81 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tm
     assert "torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
     # no rank printed a traceback (torchrun's agent prints its own SignalException: not ours to change)
     assert not [line for line in err.splitlines() if 'File "' in line and "/distlib/" in line], err[-3000:]
+
+
+# -- the asynchronous loop: the same behaviour ------------------------------------------------------
+ASYNC_RUN = (*TINY, "workers=3", "batch_size=16", "cluster.step_time_s=0.01", "eval_every=3", "max_steps=14")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_async_ps_cuts_checkpoints_and_resume_is_the_same_run(tmp_path, monkeypatch, handlers, sig):
+    """The server cuts at the next multiple of n applied gradients: every rank saves there and
+    stops; the resumed run's history is the uninterrupted run's (fixed step time). A cut is a
+    barrier, part of the run's timing: with a cut due at every step (checkpoint.every=1) the
+    signal's cut is one the uninterrupted run makes too."""
+    overrides = (*ASYNC_RUN, "algorithm=async_ps", "checkpoint.every=1")
+    _, whole = run_training(make_cfg(*overrides), tmp_path / "whole")
+    signal_during(monkeypatch, rank=1, call=5, sig=sig)
+    with pytest.raises(Interrupted) as e:
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    monkeypatch.undo()
+    stop = e.value.step
+    assert 0 < stop < 14 and e.value.exit_code == 128 + sig
+    assert e.value.checkpoint == ckpt.step_dir((tmp_path / "split" / "checkpoints").resolve(), stop)
+    interrupt.install()     # a new run in the same process: no pending signal
+    _, resumed = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    assert comparable(resumed) == comparable(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkeypatch, handlers, sig, caplog):
+    """AD-PSGD has no consistent cut: it says so at start-up (one line) and a signal stops it at
+    once, with the signal's exit code and no checkpoint."""
+    caplog.set_level(logging.INFO, logger="distlib")
+    signal_during(monkeypatch, rank=1, call=3, sig=sig)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(make_cfg(*ASYNC_RUN, "algorithm=ad_psgd", "topology=ring", "log.progress=true"), tmp_path)
+    assert interrupt.stopped_by() == sig and ckpt.find(tmp_path) is None
+    assert [m for m in caplog.messages if m.startswith("checkpoints: ")] == [
+        "checkpoints: ad_psgd has no consistent cut; this run writes none (checkpoint.enabled=false says so; "
+        "see docs/checkpoints.md)"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_under_torchrun_cuts_async_ps_with_a_checkpoint_and_the_resume_line(tmp_path, sig):
+    """async_ps under torchrun (one worker, the server: 2 processes): a signal makes the server
+    cut; both ranks save at the same step and print the resume line with torchrun's command."""
+    from support import free_port
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=3000", "eval_every=50",
+                 "checkpoint.every=5", "cluster.step_time_s=0.01", "backend=torch", "backend.dist=gloo",
+                 "backend.timeout_s=60"]
+
+    def torchrun(args):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}", "-m", "distlib", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(torchrun([*overrides, f"hydra.run.dir={run_dir}"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ckpt.complete_steps(run_dir / "checkpoints"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.startswith("interrupted by ")]
+    assert len(lines) == 2, err[-3000:]
+    steps = {int(line.split(" at step ")[1].split()[0]) for line in lines}
+    assert len(steps) == 1, lines
+    (stop,) = steps
+    assert 0 < stop < 3000 and ckpt.complete_steps(run_dir / "checkpoints")[-1] == stop
+    assert "resume with: torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]

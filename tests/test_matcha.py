@@ -154,7 +154,7 @@ def test_communication_matches_the_probabilities():
     sizes = np.array([len(m) for m in d.matchings])
     expected = float(d.p @ sizes) / len(ER8.edges)
     assert sum(sent) / sum(sent_dpsgd) == pytest.approx(expected, rel=0.05)
-    s = strategies[0].scalars()
+    s = strategies[0].report(None).scalars
     assert s["matcha/active_matchings"] / d.num_matchings == pytest.approx(d.p.sum() / d.num_matchings, rel=0.05)
     assert s["matcha/expected_matchings"] == pytest.approx(0.5 * d.num_matchings, abs=1e-6)
     # this worker's message count is exactly its peers per step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY, make_cfg, run_training
-from distlib.metrics import WORKERS_TAG, leader_shares, workers_table
+from distlib.algorithms.al_dsgd import WORKERS_TAG, leader_shares, workers_table
 
 
 def test_leader_shares_weight_records_by_the_steps_they_cover():
@@ -17,7 +17,7 @@ def test_leader_shares_weight_records_by_the_steps_they_cover():
     assert list(got) == ["best"]
     assert got["best"] == pytest.approx([(4 * 0.75 + 2 * 0.0) / 6, (4 * 0.25 + 2 * 1.0) / 6])
     assert leader_shares([{"step": 3, "train_loss": 1.0}], 2) == {}
-    table = workers_table([41, 700], got)
+    table = workers_table([41, 700], {f"leader share ({k})": v for k, v in got.items()})
     assert table.splitlines() == ["| worker | shard size | leader share (best) |", "|---|---|---|",
                                   "| 0 | 41 | 0.500 |", "| 1 | 700 | 0.500 |"]
     assert workers_table(None, {}) is None

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY, make_cfg, run_training
 
 from distlib import metrics
+from distlib import progress as console_progress
 from distlib.models import MODELS
 
 RUN = (*TINY, "workers=4", "batch_size=16", "seed=5")
@@ -20,7 +21,7 @@ def _messages(caplog) -> list[str]:
 
 
 def test_banner_and_a_plain_progress_line_per_step(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(metrics, "PLAIN_EVERY_S", 0.0)     # a line at every step (tests are not terminals)
+    monkeypatch.setattr(console_progress, "PLAIN_EVERY_S", 0.0)     # a line at every step (tests are not terminals)
     caplog.set_level(logging.INFO, logger="distlib")
     trainer, summary = run_training(make_cfg(*RUN, "max_steps=4", "eval_every=1", "log.progress=true"),
                                     tmp_path)

@@ -258,7 +258,8 @@ def test_init_same_copies_one_initialisation_bit_for_bit(tmp_path: Path) -> None
 
 
 def test_per_worker_sample_evaluates_a_seeded_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from distlib.trainer import Trainer, _eval_sample
+    from distlib.run import _eval_sample
+    from distlib.trainer import Trainer
     from distlib.worker import Worker
 
     evaluated: list[int] = []

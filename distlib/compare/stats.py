@@ -76,14 +76,14 @@ def to_target(group: Group, target: float, key: str = "test_accuracy") -> dict[s
 
 def leader_stats(group: Group) -> dict[str, Stat] | None:
     """Why workers lead (AL-DSGD): per seed, each worker's share of best-leader choices over the
-    run (:func:`distlib.metrics.leader_shares`) against its shard size; None if no run has both.
+    run (:func:`distlib.algorithms.al_dsgd.leader_shares`) against its shard size; None if no run has both.
 
     ``corr``: Pearson correlation of shard size and share across workers (undefined, so left
     out, when all shards are equal, as in an IID split); ``smallest_share`` and
     ``smallest_size``: the share and size of the worker with the smallest shard;
     ``top_share`` and ``top_size``: those of the worker chosen most often. Uniform is 1/n.
     """
-    from distlib.metrics import leader_shares
+    from distlib.algorithms.al_dsgd import leader_shares
     per_seed: dict[str, list[float]] = {k: [] for k in ("corr", "smallest_share", "smallest_size", "top_share", "top_size")}
     for r in group.runs:
         sizes = r.summary.get("shard_sizes")

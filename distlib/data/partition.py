@@ -43,7 +43,7 @@ def check_batches(shards: list[np.ndarray], batch_size: int, with_replacement: b
 
     Without the refusal such a worker would silently train on smaller batches (with 1024
     workers on 4,000 samples: 3 or 4 samples instead of 32), which also flatters any figure
-    per batch. ``dataset.sample_with_replacement=true`` fills its batches with repeated
+    per batch. ``+dataset.sample_with_replacement=true`` fills its batches with repeated
     passes over the shard instead (the banner says so)."""
     sizes = [len(s) for s in shards]
     worker = int(np.argmin(sizes))
@@ -54,5 +54,5 @@ def check_batches(shards: list[np.ndarray], batch_size: int, with_replacement: b
     if sizes[worker] < batch_size and not with_replacement:
         raise ConfigError(f"batch_size: {batch_size} is larger than worker {worker}'s shard of {sizes[worker]} "
                           f"samples ({samples} training samples over {len(shards)} workers); use fewer workers, "
-                          f"a smaller batch_size or more data, or set dataset.sample_with_replacement=true "
+                          f"a smaller batch_size or more data, or add +dataset.sample_with_replacement=true "
                           f"to repeat samples within a batch")
