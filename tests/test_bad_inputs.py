@@ -98,7 +98,7 @@ ROWS: list[tuple[list[str], str]] = [
     (["workers=1024"], "dataset.partition: worker 640 received no samples (640 training samples over 1024 "
                        "workers); use fewer workers or more data"),
     (["workers=32"], "batch_size: 32 is larger than worker 0's shard of 20 samples (640 training samples over 32 "
-                     "workers); use fewer workers, a smaller batch_size or more data, or set "
+                     "workers); use fewer workers, a smaller batch_size or more data, or add "
                      "+dataset.sample_with_replacement=true to repeat samples within a batch"),
     (["dataset.samples=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.classes=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
