@@ -15,14 +15,27 @@ from omegaconf import DictConfig, OmegaConf
 from distlib import console
 from distlib.errors import CheckpointWriteError, ConfigError, DivergenceError
 from distlib.options import imports_hint, unknown_key
+from distlib.sweep import register_resolvers
+
+# At import, not in main(): the joblib and submitit launchers run each job in a fresh process
+# that imports this module to unpickle the task, and resolves the job's config there.
+register_resolvers()
 
 if TYPE_CHECKING:
     from distlib.interrupt import Interrupted
 
 
 def run(cfg: DictConfig) -> dict | None:
+    from distlib import sweep
     from distlib.trainer import Trainer
-    trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir, sweep=swept_overrides())
+    hc = HydraConfig.get()
+    sweep.fit_threads(hc.launcher)      # joblib: the parallel jobs share the cores
+    if cfg.get("resume") == "auto":
+        done = sweep.finished_summary(Path(hc.runtime.output_dir))
+        if done is not None:    # a sweep run again: this run is already made
+            console.info(f"already complete, skipped: {hc.runtime.output_dir}")
+            return done
+    trainer = Trainer(cfg, hc.runtime.output_dir, sweep=swept_overrides())
     summary = trainer.run()
     if summary is not None and cfg.log.progress:
         final = summary["final"]
@@ -79,15 +92,26 @@ _TASK_STARTED = False
 
 
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Returns the final validation accuracy (with ``dataset.val_fraction``; what a tuning
+    sweeper such as Optuna maximises), else None."""
+    from hydra.types import RunMode
+
     global _TASK_STARTED
     _TASK_STARTED = True
     from distlib.interrupt import Interrupted
+    from distlib.sweep import objective, record_divergence
     try:
-        run(cfg)
+        return objective(run(cfg))
     except Interrupted as e:
         # Ctrl-C / SIGTERM: the step finished and a checkpoint was written; one line, no traceback.
         console.error(interrupted_line(e, cfg))
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # A launcher may catch SystemExit and start the next job, which the signal would
+            # stop after one step, and so on down the sweep: end the whole sweep here.
+            import logging
+            logging.shutdown()
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         import signal
@@ -104,6 +128,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     except DivergenceError as e:
         # NaN or inf: one line naming worker, step and last finite loss; checkpoints are kept.
         console.error(f"diverged: {e}")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one diverged run does not stop the sweep
+            record_divergence(Path(HydraConfig.get().runtime.output_dir), f"diverged: {e}",
+                              OmegaConf.to_container(cfg, resolve=True))
+            return 0.0
         sys.exit(3)
     except CheckpointWriteError as e:
         # The disk filled (or a mount went away) after the preflight: the previous checkpoint is kept.

@@ -90,6 +90,11 @@ class Compressor:
         """Q(v), as a receiver decodes it (what a sender must use for its own copy)."""
         return self.decode(self.encode(v, key), v.numel(), key).to(v.dtype)
 
+    def omega(self, numel: int) -> float:
+        """The compression quality omega in (0, 1] of CHOCO-SGD's assumption
+        E||Q(v) - v||^2 <= (1 - omega) ||v||^2, for vectors of ``numel`` values (1: exact)."""
+        return 1.0
+
 
 #: ``compression=NAME``; each class takes ``ratio`` and ``bits`` (an option it does not use is ignored)
 COMPRESSORS: Registry[Compressor] = Registry("compressor", "compression")
@@ -120,6 +125,9 @@ class _Sparse(Compressor):
     def k(self, numel: int) -> int:
         """Coordinates kept: ceil(ratio P) (at least 1)."""
         return max(1, min(numel, math.ceil(self.ratio * numel - 1e-9)))
+
+    def omega(self, numel: int) -> float:
+        return self.k(numel) / numel    # top-k: at worst; random-k: in expectation
 
 
 @COMPRESSORS.register("topk")
@@ -170,6 +178,9 @@ class QSGD(Compressor):
     def tau(self, numel: int) -> float:
         return 1 + min(numel / self.s ** 2, math.sqrt(numel) / self.s)
 
+    def omega(self, numel: int) -> float:
+        return 1 / self.tau(numel)
+
     def encode(self, v: torch.Tensor, key: int) -> torch.Tensor:
         norm = v.norm()
         scaled = (self.s * v.abs() / norm) if norm > 0 else torch.zeros_like(v)
@@ -193,6 +204,11 @@ class Sign(Compressor):
 
     def __init__(self, ratio: float = 0.01, bits: int = 4) -> None:
         pass
+
+    def omega(self, numel: int) -> float:
+        # ||v||_1^2 / (P ||v||^2): 1/P at worst (one nonzero), 2/pi for Gaussian-like vectors,
+        # which is what model differences look like; the typical value, not the bound
+        return 2 / math.pi
 
     def encode(self, v: torch.Tensor, key: int) -> torch.Tensor:
         scale = v.abs().mean().reshape(1)

@@ -15,6 +15,8 @@ from distlib.record import EvalRecord
 #: the summary's ``final`` figures (the last record's)
 FINAL_KEYS = ("test_accuracy", "test_loss", "train_loss", "consensus_distance", "worker_accuracy_min",
               "worker_accuracy_max")
+#: in ``final`` too when the run has a validation split (what a tuning sweep reads)
+VAL_KEYS = ("val_accuracy", "val_loss")
 
 
 class History:
@@ -35,7 +37,8 @@ class History:
         out = dict(self.header)
         out.update({
             "steps": last.get("step", 0),
-            "final": {k: last.get(k) for k in FINAL_KEYS},
+            "final": {**{k: last.get(k) for k in FINAL_KEYS},
+                      **{k: last[k] for k in VAL_KEYS if k in last}},     # with dataset.val_fraction
             "comm": {"bytes_sent_per_worker": last.get("bytes_sent_per_worker", []),
                      "bytes_recv_per_worker": last.get("bytes_recv_per_worker", [])},
             "time": {"wall_s": wall_s, "virtual_s": last.get("virtual_s", 0.0)},

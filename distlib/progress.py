@@ -84,8 +84,9 @@ def human_seconds(s: float) -> str:
 
 
 def human_bytes(b: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if b < 1024:
+    """Decimal units (1 MB = 10^6 bytes), as distlib-compare's tables and figures report them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if b < 1000:
             return f"{b:.1f}{unit}"
-        b /= 1024
+        b /= 1000
     return f"{b:.1f}TB"

@@ -36,6 +36,8 @@ class EvalRecord:
     worker_accuracy_min: float | None = None            # eval.per_worker: each worker's own model
     worker_accuracy_max: float | None = None
     worker_accuracy_mean: float | None = None
+    val_loss: float | None = None                       # dataset.val_fraction: of the same model, on validation
+    val_accuracy: float | None = None
     #: a strategy's own figures (``Report.scalars``), named freely, after the fields above
     extra: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None         # set when logged (a record made earlier brings its own)

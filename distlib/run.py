@@ -26,7 +26,7 @@ from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, check_batches, partition
-from distlib.data.datasets import on_device
+from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
 from distlib.interrupt import StopPoint
 from distlib.lr import LRSchedule
@@ -75,8 +75,10 @@ class Run:
         self.step_time: float | None = cfg.cluster.get("step_time_s")
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
-        self.dataset = DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha",
-                                                                     "shards_per_worker", "sample_with_replacement"))
+        self.dataset = carve_validation(
+            DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha", "shards_per_worker",
+                                                       "val_fraction", "sample_with_replacement")),
+            cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
@@ -246,6 +248,7 @@ class Run:
                 return None, report
             table = torch.stack(gathered)
             avg = worker.evaluate(test, params=xbar)
+            val = self._validate(worker, xbar)
         record = EvalRecord(
             step=ctx.step + 1, epoch=(ctx.step + 1) / self.steps_per_epoch, train_loss=float(dist[1]),
             test_loss=avg.loss, test_accuracy=avg.accuracy,
@@ -255,6 +258,8 @@ class Run:
             virtual_s=float(table[:, 3].max()),
             bytes_sent_per_worker=[int(b) for b in table[:, 1]], bytes_recv_per_worker=[int(b) for b in table[:, 2]],
             extra={k: float(v) for k, v in zip(names, extra_mean)})
+        if val is not None:
+            record.val_loss, record.val_accuracy = val.loss, val.accuracy
         if self.cfg.eval.per_worker:
             acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
             record.worker_accuracy_min, record.worker_accuracy_max = float(acc.min()), float(acc.max())
@@ -269,9 +274,18 @@ class Run:
         with comm.uncounted():
             test = on_device(self.dataset.test, worker.device)
             ev = worker.evaluate(test, params=params)
+            val = self._validate(worker, params)
         return EvalRecord(step=step, epoch=step / self.steps_per_epoch, train_loss=math.nan, test_loss=ev.loss,
                           test_accuracy=ev.accuracy, consensus_distance=None, lr=worker.lr(),
-                          bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock)
+                          bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock,
+                          val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None)
+
+    def _validate(self, worker: Worker, params: torch.Tensor | None):
+        """The validation figures of ``params`` (``dataset.val_fraction``), or None without a
+        validation split. Separate from the test figures: a tuning sweep reads only these."""
+        if self.dataset.val is None:
+            return None
+        return worker.evaluate(on_device(self.dataset.val, worker.device), params=params)
 
 
 def _eval_sample(cfg: DictConfig) -> frozenset[int] | None:

@@ -70,6 +70,8 @@ class DatasetConfig:
     """The partition fields every dataset has (its own options are its constructor's)."""
     test_fraction: float = rule(0.2, gt=0, lt=1)
     split_seed: int = rule(0, ge=0)
+    # held out of the training part for validation (val_accuracy; what sweeps tune on); 0: none
+    val_fraction: float = rule(0.0, ge=0, lt=1)
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: float = rule(0.5, gt=0)              # Dirichlet concentration
     shards_per_worker: int = rule(2, ge=1)

@@ -19,7 +19,8 @@ HPARAM_FIELDS = ("algorithm.name", "workers", "topology.name", "model.name", "da
 WORKERS_TAG = "workers/shards_and_leaders"
 #: record field -> tag; any other key goes to ``algorithm/<key>`` (or as is if it has a slash)
 TB_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "test_loss": "test/loss",
-           "test_accuracy": "test/accuracy", "worker_accuracy_min": "test/worker_accuracy_min",
+           "test_accuracy": "test/accuracy", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
+           "worker_accuracy_min": "test/worker_accuracy_min",
            "worker_accuracy_max": "test/worker_accuracy_max", "worker_accuracy_mean": "test/worker_accuracy_mean",
            "consensus_distance": "consensus/distance", "bytes_sent": "comm/bytes_sent_per_worker",
            "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s"}

@@ -100,6 +100,11 @@ ROWS: list[tuple[list[str], str]] = [
     (["workers=32"], "batch_size: 32 is larger than worker 0's shard of 20 samples (640 training samples over 32 "
                      "workers); use fewer workers, a smaller batch_size or more data, or add "
                      "+dataset.sample_with_replacement=true to repeat samples within a batch"),
+    (["+dataset.val_fraction=1"], "dataset.val_fraction: must be >= 0 and < 1, got 1"),
+    (["+dataset.val_fraction=-0.1"], "dataset.val_fraction: must be >= 0 and < 1, got -0.1"),
+    (["dataset.val_fraction=0.1"], "dataset.val_fraction: off unless added, so it is added, not overridden: write "
+                                   "+dataset.val_fraction=0.1"),
+    (["dataset=mnist1d", "dataset.samples=10"], "dataset.samples: must be >= 20 (two per class), got 10"),
     (["dataset.samples=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.classes=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.dimm=3"], "dataset.dimm: unknown config key; did you mean 'dataset.dim'?"),

@@ -94,3 +94,20 @@ def test_choco_needs_a_static_graph(tmp_path):
     cfg = make_cfg(*TINY, "algorithm=choco_sgd", "topology=one_peer_exponential", "workers=4", "max_steps=1")
     with pytest.raises(ConfigError, match="^topology: choco_sgd keeps its neighbours' public copies"):
         run_training(cfg, tmp_path)
+
+
+def test_auto_gamma_follows_the_compressor_quality():
+    """gamma=auto is min(1, sqrt(omega)): 1 uncompressed (D-PSGD), 0.1 for top-k / random-k at
+    1%, 1/sqrt(tau) for QSGD, sqrt(2/pi) for sign (docs/algorithms/choco_sgd.md)."""
+    import math
+    from distlib.algorithms.choco_sgd import auto_gamma
+    from distlib.compression import QSGD, RandomK, Sign, TopK
+    P = 159_010
+    assert auto_gamma(Identity(), P) == 1.0
+    assert auto_gamma(TopK(ratio=0.01), P) == pytest.approx(math.sqrt(1591 / P))
+    assert auto_gamma(RandomK(ratio=0.01), 1000) == pytest.approx(0.1)
+    assert auto_gamma(QSGD(bits=4), P) == pytest.approx((1 + math.sqrt(P) / 7) ** -0.5)
+    assert auto_gamma(Sign(), P) == pytest.approx(math.sqrt(2 / math.pi))
+    assert ChocoSGD().gamma_option == "auto"
+    with pytest.raises(ConfigError, match=r"algorithm.gamma: must be a number in \(0, 1\] or auto, got 'x'"):
+        ChocoSGD(gamma="x")

@@ -16,7 +16,8 @@ from distlib.config import build_strategy, params_of as _params
 
 PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
 #: input shapes of the datasets the presets use (so a test needs no CIFAR files)
-SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "mnist": ((1, 28, 28), 10)}
+SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "mnist": ((1, 28, 28), 10),
+          "mnist1d": ((1, 40), 10)}
 
 
 def test_the_promised_presets_exist():

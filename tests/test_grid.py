@@ -1,46 +1,43 @@
-"""The resumable grid runner (distlib/compare/grid.py) and the grid of docs/results.md
-(scripts/results_grid.py): run states, skipping, divergence, and that every cell composes."""
+"""The tables of docs/results.md as Hydra sweeps (configs/sweep/): every job of every sweep
+composes and validates, the sweeps cover the tables' cells, and run states (what a sweep run
+again skips)."""
 from __future__ import annotations
 
-import importlib.util
+import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import make_cfg, run_training
-from distlib.compare.grid import Job, expected_steps, run_jobs, run_state
+from distlib.compare.grid import expected_steps, run_state
 from distlib.config import validate
 from distlib.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("results_grid", ROOT / "scripts" / "results_grid.py")
-results_grid = sys.modules["results_grid"] = importlib.util.module_from_spec(_spec)   # dataclasses look it up
-_spec.loader.exec_module(results_grid)
+SWEEPS = sorted(p.stem for p in (ROOT / "configs" / "sweep").glob("*.yaml") if p.stem != "common")
 
-#: Stands in for distlib-train: writes a summary reaching ``max_steps`` unless the run folder's
-#: name asks otherwise ("stop": the process is killed after step 4; "nan": diverges after an
-#: evaluation; "nan_early": diverges before any), and appends each call to calls.txt.
-FAKE_TRAIN = r'''
-import json, os, sys
-from pathlib import Path
-args = dict(a.split("=", 1) for a in sys.argv[1:])
-run = Path(args["hydra.run.dir"])
-with open(run.parent / "calls.txt", "a") as f:
-    f.write(run.name + " " + args["resume"] + "\n")
-steps = int(args.get("max_steps", 8))
-mode = run.name.split("-")[0]
-last = 4 if mode in ("stop", "nan") else steps
-if mode != "nan_early":
-    history = [{"step": s, "test_accuracy": 0.5} for s in range(4, last + 1, 4)]
-    (run / "summary.json").write_text(json.dumps({"config": {"max_steps": steps, "epochs": 1}, "steps_per_epoch": 8,
-                                                  "final": {"test_accuracy": 0.5}, "history": history}))
-if mode in ("nan", "nan_early"):
-    print("diverged: loss became nan on worker 0 at step 5"); sys.exit(3)
-if mode == "stop":
-    os.kill(os.getpid(), 9)
-'''
+
+def sweep_jobs(name: str, *extra: str) -> list[tuple[str, ...]]:
+    """The overrides of every job of ``distlib-train -m +sweep=NAME EXTRA``, expanded as Hydra's
+    basic sweeper does (the cartesian product of ``hydra.sweeper.params``)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from distlib.config import register_configs
+    register_configs()
+    parser = OverridesParser.create()
+    swept = [o for o in parser.parse_overrides(list(extra)) if o.is_sweep_override()]
+    fixed = [e for e, o in zip(extra, parser.parse_overrides(list(extra))) if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"+sweep={name}", *fixed], return_hydra_config=True)
+    params = {k: parser.parse_override(f"{k}={v}") for k, v in cfg.hydra.sweeper.params.items()}
+    params.update({o.key_or_group: o for o in swept})     # the command line wins, as in Hydra
+    axes = [[f"{k}={x}" for x in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [f"{k}={o.get_value_element_as_str()}"] for k, o in params.items()]
+    return [(f"+sweep={name}", *fixed, *job) for job in itertools.product(*axes)]
 
 
 def test_run_states_from_the_summary(tmp_path):
@@ -63,57 +60,43 @@ def test_run_states_from_the_summary(tmp_path):
     assert run_state(d) == "diverged"
 
 
-def test_runner_skips_complete_resumes_partial_and_keeps_diverged(tmp_path):
-    fake = tmp_path / "fake_train.py"
-    fake.write_text(FAKE_TRAIN)
-    runs = tmp_path / "runs"
-    names = ["ok-0", "stop-0", "nan-0", "nan_early-0"]
-    jobs = [Job(n, runs / n, ("algorithm=dpsgd", "seed=3", "max_steps=8")) for n in names]
-    lines: list[str] = []
-    res = run_jobs(jobs, parallel=2, train=[sys.executable, str(fake)], say=lines.append)
-    assert res["counts"] == {"skipped": 0, "complete": 1, "failed (exit -9)": 1, "diverged": 2}
-    assert lines[0] == "4 runs: 0 already complete or diverged, 4 to run (2 at a time)" and len(lines) == 5
-    # diverged: the partial summary kept under the other name, with the message; before any
-    # evaluation, the config composed from the job's overrides
-    nan = json.loads((runs / "nan-0" / "summary.diverged.json").read_text())
-    assert nan["history"] == [{"step": 4, "test_accuracy": 0.5}] and "step 5" in nan["diverged"]
-    early = json.loads((runs / "nan_early-0" / "summary.diverged.json").read_text())
-    assert (early["config"]["algorithm"]["name"], early["seed"], early["config"]["max_steps"]) == ("dpsgd", 3, 8)
-    assert not (runs / "nan-0" / "summary.json").exists()
-    # second pass: only the interrupted run is run again, asked to resume
-    (runs / "calls.txt").unlink()
-    res = run_jobs(jobs, train=[sys.executable, str(fake)], say=lines.append)
-    assert res["counts"]["skipped"] == 3 and (runs / "calls.txt").read_text() == "stop-0 auto\n"
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_job_of_every_sweep_composes_validates_and_builds_its_topology(name: str) -> None:
+    jobs = sweep_jobs(name)
+    assert len({j for j in jobs}) == len(jobs) and all("seed=4" in j or any(f"seed={s}" in j for s in range(4))
+                                                     for j in jobs)
+    for job in {j for j in jobs if "seed=0" in j}:     # the seeds change nothing in composition
+        cfg = make_cfg(*job)
+        validate(cfg)
+        assert build_topology(cfg.topology, cfg.workers).n == 8
+        assert cfg.dataset.partition == ("dirichlet" if name == "extension" else "iid")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", results_grid.cells(), ids=lambda c: f"{c.section}/{c.name}")
-def test_every_grid_cell_composes_validates_and_builds_its_topology(cell):
-    cfg = make_cfg(*results_grid.overrides(cell, "mlp", 0, None))
-    validate(cfg)
-    assert build_topology(cfg.topology, cfg.workers).n == 8
-    assert (cfg.optim.lr, cfg.batch_size, cfg.optim.momentum) == \
-        ((0.1 if "lr0.1" in cell.name else 0.4), 16, 0.0)
-    assert cfg.dataset.partition == ("dirichlet" if cell.section == "extension" else "iid")
-
-
-def test_grid_covers_the_paper_regime_and_the_extension():
-    names = {f"{c.section}/{c.name}" for c in results_grid.cells()}
-    for k in (846, 692, 538):
-        assert f"paper/sparse/sparse{k}_static/al_dsgd" in names
-    assert "paper/sparse/sparse385_dynamic/dpsgd" in names and "paper/sparse/sparse385_static/dpsgd" not in names
-    assert {f"paper/budget/{a}_cb{b}" for a in ("matcha", "al_dsgd_matcha") for b in (0.5, 0.3, 0.1)} <= names
-    assert sum(n.startswith("extension/") for n in names) == 2 * 2 * 5
-    jobs = results_grid.jobs(Path("/r"), "cnn", ("paper",), 5, None)
-    assert len(jobs) == 5 * sum(c.section == "paper" for c in results_grid.cells())
-    assert jobs[0].run_dir == Path("/r/cnn/paper/static/dpsgd/seed0") and "model=cnn" in jobs[0].overrides
+def test_the_sweeps_cover_the_tables_cells() -> None:
+    def cells(name: str, *extra: str) -> set[tuple[str, ...]]:
+        return {tuple(o for o in job if not o.startswith(("seed=", "+sweep="))) for job in sweep_jobs(name, *extra)}
+    graphs = cells("paper_graphs")
+    assert len(graphs) == 4 * 2 and ("algorithm=al_dsgd", "topology=aldsgd_er8_dynamic") in graphs
+    assert cells("paper_budget") == {(f"algorithm={a}", f"algorithm.budget={b}")
+                                    for a in ("matcha", "al_dsgd_matcha") for b in (0.5, 0.3, 0.1)}
+    sparse = {c[1] for c in cells("paper_sparsity")}
+    assert "topology=aldsgd_sparse385_dynamic" in sparse and "topology=aldsgd_sparse385_a" not in sparse
+    assert len(sparse) == 7 and {c[-1] for c in cells("sparse_matcha")} == sparse
+    assert len(cells("extension", "optim.lr=0.1,0.4")) == 5 * 2 * 2
+    assert len(cells("mnist1d")) == 4 and len(sweep_jobs("mnist1d")) == 20
+    tune = cells("mnist1d", "+tune=lr")       # the lr grid x 2 seeds replaces the table's seeds
+    assert len(tune) == 4 * 5 and len(sweep_jobs("mnist1d", "+tune=lr")) == 40
+    assert {o for c in cells("extension", "+tune=lr") for o in c if o.startswith("optim.lr")} == \
+        {f"optim.lr={lr}" for lr in (0.05, 0.1, 0.2, 0.4, 0.8)}
 
 
 def test_a_real_grid_run_is_recognised_as_complete(tmp_path):
-    """A real run of a grid cell (1 epoch = 31 steps): its summary reaches epochs x
+    """A real run of a sweep's job (1 epoch = 31 steps): its summary reaches epochs x
     steps_per_epoch, which is how the runner knows it need not run it again."""
-    cell = next(c for c in results_grid.cells(("paper",)) if c.name == "static/al_dsgd")
-    cfg = make_cfg(*results_grid.overrides(cell, "mlp", 0, 1), "eval_every=16")
+    job = next(j for j in sweep_jobs("paper_graphs") if "algorithm=al_dsgd" in j and "topology=matcha_er8" in j)
+    cfg = make_cfg(*job, "epochs=1", "eval_every=16")
     assert run_state(tmp_path) == "missing"
     _, summary = run_training(cfg, tmp_path)
     assert run_state(tmp_path) == "complete" and summary["steps"] == summary["steps_per_epoch"] == 31

@@ -6,7 +6,7 @@ the *algorithm* (``algorithm.name`` plus any ``algorithm.*`` value that varies, 
 ``al_dsgd base=matcha budget=0.3``) and the *setting* (every other varying value, e.g.
 ``topology=matcha_er8 dataset.alpha=0.1``). Runs of one setting are drawn in one figure.
 
-A run that diverged leaves ``summary.diverged.json`` instead (see :mod:`distlib.compare.grid`):
+A run that diverged leaves ``summary.diverged.json`` instead (see :func:`distlib.sweep.record_divergence`):
 it joins its group's ``diverged`` list, is counted in the tables, and is left out of every
 mean, so a method that diverged on some seeds does not look better for it.
 """

@@ -3,5 +3,6 @@ from distlib.data.datasets import DATASETS, Batches, BatchStream, DataSplit, Dat
 from distlib.data.partition import check_batches, partition
 from distlib.data import torchvision_data  # noqa: F401,E402  (registers cifar10, mnist_full, ...)
 from distlib.data import imagefolder  # noqa: F401,E402  (registers imagefolder)
+from distlib.data import mnist1d  # noqa: F401,E402  (registers mnist1d)
 
 __all__ = ["DATASETS", "Batches", "BatchStream", "DataSplit", "Dataset", "Split", "check_batches", "partition"]

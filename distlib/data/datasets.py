@@ -12,6 +12,7 @@ serve exact convergence tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,8 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int    # 0 for regression
     name: str = ""
+    #: held out of ``train`` by :func:`carve_validation` (``dataset.val_fraction``); None: no validation
+    val: Split | None = None
 
     @property
     def task(self) -> str:
@@ -118,6 +121,24 @@ def holdout(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     perm = np.random.default_rng(seed).permutation(n)
     k = int(round(n * test_fraction))
     return perm[k:], perm[:k]
+
+
+def carve_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """``data`` with ``fraction`` of its training part (a seeded draw) moved to ``val``.
+
+    Only the training part is split: the test part is untouched, so validation and test are
+    disjoint and a sweep that tunes on ``val_accuracy`` never reads the test data."""
+    if not fraction:
+        return data
+    train = data.train
+    if not isinstance(train, DataSplit):
+        raise ConfigError(f"dataset.val_fraction: needs a dataset held in memory; {data.name} streams its files")
+    keep, val = holdout(len(train), fraction, seed)
+    if len(keep) == 0 or len(val) == 0:
+        raise ConfigError(f"dataset.val_fraction: {fraction} of {len(train)} training samples leaves a part empty")
+    keep, val = torch.as_tensor(np.sort(keep)), torch.as_tensor(np.sort(val))
+    return dataclasses.replace(data, train=DataSplit(train.x[keep], train.y[keep], train.num_classes, train.augment),
+                               val=DataSplit(train.x[val], train.y[val], train.num_classes))
 
 
 def empty_shard_error() -> ConfigError:
