@@ -240,7 +240,8 @@ def _keys_beside(key: str, argv: list[str]) -> list[str]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     group = key.rpartition(".")[0]
-    rest = [a for a in argv if "=" in a and not a.startswith("-") and a.split("=", 1)[0].lstrip("+~") != key
+    rest = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")
+            and a.split("=", 1)[0].lstrip("+~") != key
             and not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
     GlobalHydra.instance().clear()
     try:
@@ -252,7 +253,9 @@ def _keys_beside(key: str, argv: list[str]) -> list[str]:
         keys = []
     finally:
         GlobalHydra.instance().clear()
-    return keys if len(keys) > 1 else (_component_keys(group, argv) or keys)
+    if len(keys) > 1 and not any(a.lstrip("+").startswith(f"{group}._target_=") for a in argv):
+        return keys
+    return _component_keys(group, argv) or keys     # a user's class: its constructor's options
 
 
 def _component_keys(group: str, argv: list[str]) -> list[str]:

@@ -212,6 +212,8 @@ ROWS: list[tuple[list[str], str]] = [
     (["+experiment=nope"], "experiment: unknown option 'nope'; available: "),
     (["algorithm.name=random_pair"], "algorithm: unknown algorithm 'random_pair'; available: "),
     (["algorithm=random_pair"], "algorithm: unknown option 'random_pair'; available: "),
+    (["imports=[random_pair]", "~algorithm", "+algorithm._target_=random_pair.RandomPair", "algorithm.xyz=1"],
+     "algorithm.xyz: unknown config key; the keys of algorithm are: name, weight"),     # a user's strategy, in full
 ]
 
 
@@ -229,7 +231,9 @@ def files(tmp_path, monkeypatch) -> Path:
                 Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / root / cls / f"{i}.png")
     (tmp_path / "not_images" / "cat" / "notes.png").write_text("this is text, not an image\n")
     (tmp_path / "random_pair.py").write_text('from distlib.strategy import STRATEGIES\n\n'
-                                            '@STRATEGIES.register("random_pair")\nclass RandomPair:\n    pass\n')
+                                            '@STRATEGIES.register("random_pair")\nclass RandomPair:\n'
+                                            '    def __init__(self, weight: float = 0.5) -> None:\n'
+                                            '        self.weight = weight\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
