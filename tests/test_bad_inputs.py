@@ -109,7 +109,7 @@ ROWS: list[tuple[list[str], str]] = [
     (["dataset.classes=1"], "dataset: synthetic needs samples >= 2, dim >= 1, classes >= 2"),
     (["dataset.dimm=3"], "dataset.dimm: unknown config key; did you mean 'dataset.dim'?"),
     (["dataset=imagenet"], "dataset: unknown option 'imagenet'; available: cifar10, cifar100, fashion_mnist, "
-                           "imagefolder, mnist, mnist_full, synthetic, synthetic_regression"),
+                           "imagefolder, mnist, mnist1d, mnist_full, synthetic, synthetic_regression"),
     (["dataset.name=nope"], "dataset: unknown dataset 'nope'; available: "),
     (["dataset=imagefolder"], "dataset.root: imagefolder needs the folder of images; set dataset.root=DIR"),
     (["dataset=imagefolder", "dataset.root={dir}/nowhere"], "dataset.root: {dir}/nowhere is not a folder"),
@@ -167,7 +167,7 @@ ROWS: list[tuple[list[str], str]] = [
     (["algorithm=diloco", "algorithm.outer_lr=inf"], "algorithm.outer_lr: must be a finite number > 0, got inf"),
     (["algorithm=diloco", "algorithm.outer_momentum=1"], "algorithm.outer_momentum: must be a number >= 0 and < 1, "
                                                          "got 1"),
-    (["algorithm=choco_sgd", "algorithm.gamma=0"], "algorithm.gamma: must be a number > 0 and <= 1, got 0"),
+    (["algorithm=choco_sgd", "algorithm.gamma=0"], "algorithm.gamma: must be a number in (0, 1] or auto, got 0"),
     (["algorithm=sgp", "algorithm.overlap=-1"], "algorithm.overlap: must be an integer >= 0, got -1"),
     (["algorithm=sgp", "algorithm.graph=ring"], "algorithm.graph: unknown 'ring'; allowed: "),
     (["algorithm=allreduce_sgd", "algorithm.bucket_mb=0"], "algorithm.bucket_mb: must be a number > 0, got 0"),
