@@ -132,6 +132,7 @@ class ALDSGD(Strategy):
         self.base = BASES[base](weights, budget)
         self.metric = LEADER_METRICS.build(leader_metric)
         self._plan: tuple[int, MixPlan] | None = None   # (step, plan): one plan per step
+        self._always = False
         self._leaders: tuple[int, int] | None = None    # paper form: (N, tau) chosen before the step
         self._n = 0
         self._reset_counts(0)
@@ -140,6 +141,9 @@ class ALDSGD(Strategy):
     def setup(self, ctx: Context) -> None:
         self.base.setup(ctx)
         self._n = ctx.world_size
+        # under faults a worker may be down through a whole evaluation period: it still reports
+        # the same figures (NaN: none), which the trainer leaves out of the mean
+        self._always = ctx.faults is not None
         self._reset_counts(self._n)
 
     def before_step(self, ctx: Context) -> None:
@@ -232,11 +236,12 @@ class ALDSGD(Strategy):
         steps, so they would describe only the off-period steps. The TensorBoard table ``workers/shards_and_leaders`` puts each worker's
         shard size beside its share of the run so far (:func:`leader_tables`)."""
         out: dict[str, float] = {}
-        if self._steps:
+        if self._steps or self._always:
+            steps = self._steps or float("nan")
             for r in range(self._n):
-                out[f"leader_best/worker_{r}"] = self._best_count[r] / self._steps
-                out[f"leader_degree/worker_{r}"] = self._degree_count[r] / self._steps
-            out["pull_distance"] = self._pull_sum / self._steps
+                out[f"leader_best/worker_{r}"] = self._best_count[r] / steps
+                out[f"leader_degree/worker_{r}"] = self._degree_count[r] / steps
+            out["pull_distance"] = self._pull_sum / steps
         self._reset_counts(self._n)
         return Report(scalars=out, tables=leader_tables)
 

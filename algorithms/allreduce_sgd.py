@@ -22,6 +22,8 @@ from distlib.strategy import STRATEGIES, Context, Strategy
 
 @STRATEGIES.register("allreduce_sgd")
 class AllReduceSGD(Strategy):
+    centralized = True      # averages over every (live) worker with collectives
+
     def __init__(self, overlap: bool = False, bucket_mb: float = 25.0) -> None:
         """``overlap``: all-reduce bucket by bucket from gradient hooks during the backward pass
         (torch backend); ``bucket_mb``: bucket size in MB (DDP's default: 25)."""

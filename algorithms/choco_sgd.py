@@ -28,6 +28,9 @@ from distlib.strategy import STRATEGIES, Context, Strategy
 from distlib.topology.mixing import WEIGHTS
 
 
+CATCH_UP = 31     # the tag of a late delivery under faults
+
+
 @STRATEGIES.register("choco_sgd")
 class ChocoSGD(Strategy):
     compresses = True
@@ -51,11 +54,15 @@ class ChocoSGD(Strategy):
         self.gamma = auto_gamma(self.Q, x.numel()) if self.gamma_option == "auto" else float(self.gamma_option)
         self.x_hat = torch.zeros_like(x)    # x_hat_i, known to every neighbour
         self.s = torch.zeros_like(x)        # s_i = sum_j W_ij x_hat_j, self included
+        #: under faults: per unreachable neighbour j, the x_hat_i that j last saw (docs/faults.md)
+        self.behind: dict[int, torch.Tensor] = {}
 
     def after_step(self, ctx: Context) -> None:
         x, i, g = ctx.worker.flat_params(), ctx.rank, ctx.graph()     # x = x_i^{t+1/2}
         plan = MixPlan.from_rows(self.weights(g), i)                   # row i of W
         peers = plan.peers
+        if ctx.faults is not None:      # W stays the published one; a lost q is delivered late
+            peers = self._catch_up(ctx, plan)
         key = lambda j: message_key(ctx.seed, ctx.step, j)  # noqa: E731  (the sender's random choices)
         payload = self.Q.encode(x - self.x_hat, key(i))
         got = ctx.comm.exchange(payload, peers) if peers else {}
@@ -66,12 +73,33 @@ class ChocoSGD(Strategy):
             self.s.add_(self.Q.decode(got[j], x.numel(), key(j)).to(x.dtype), alpha=plan.w_peers[j])
         x.add_(self.s - self.x_hat, alpha=self.gamma)
 
+    def _catch_up(self, ctx: Context, plan: MixPlan) -> tuple[int, ...]:
+        """The analysis needs every q_j to reach every neighbour (x_hat_j equal at both ends).
+        A neighbour cut off at this step gets nothing now; on the first step the link is back,
+        each side sends the sum of the differences the other missed, dense, before this step's
+        q. Returns the neighbours reachable now."""
+        i, t, comm = ctx.rank, ctx.step, ctx.comm
+        peers = ctx.reachable(plan.peers)
+        for j in plan.peers:
+            if j not in peers and j not in self.behind:
+                self.behind[j] = self.x_hat.clone()
+        back = [j for j in peers if t > 0 and not ctx.faults.link_up(t - 1, i, j)]
+        sends = [comm.isend(self.x_hat - self.behind.pop(j, self.x_hat), j, tag=CATCH_UP) for j in back]
+        for j in back:
+            missed = comm.recv(torch.empty_like(self.x_hat), j, tag=CATCH_UP)
+            self.s.add_(missed, alpha=plan.w_peers[j])
+        for h in sends:
+            h.wait()
+        return peers
+
     def state_dict(self) -> dict[str, Any]:
-        return {"x_hat": self.x_hat.clone(), "s": self.s.clone()}
+        return {"x_hat": self.x_hat.clone(), "s": self.s.clone(),
+                "behind": {str(j): v.clone() for j, v in self.behind.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.x_hat.copy_(state["x_hat"])
         self.s.copy_(state["s"])
+        self.behind = {int(j): v.clone() for j, v in state.get("behind", {}).items()}
 
 
 def auto_gamma(Q: Compressor, numel: int) -> float:

@@ -24,6 +24,8 @@ INNER = ("adamw", "sgd")
 
 @STRATEGIES.register("diloco")
 class DiLoCo(Strategy):
+    centralized = True      # averages over every (live) worker with collectives
+
     def __init__(self, H: int = 8, outer_lr: float = 0.7, outer_momentum: float = 0.9, inner: str = "adamw",
                  inner_lr: float = 3e-3, inner_weight_decay: float = 0.1) -> None:
         """``H``: inner steps per round (paper: 500 on LLM pre-training; 8 fits short runs);

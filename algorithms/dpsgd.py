@@ -32,7 +32,7 @@ class DPSGD(Strategy):
 
     def plan(self, ctx: Context) -> MixPlan:
         """Row i of W on the graph in force at this step: every edge, every step."""
-        return MixPlan.from_rows(self.weights(ctx.graph()), ctx.rank)
+        return self.weights.plan(ctx)     # under faults: over the live subgraph (docs/faults.md)
 
     def after_backward(self, ctx: Context) -> None:
         if self.form == "cta":      # g_i was taken at the old x_i; mix now, the optimizer applies g_i

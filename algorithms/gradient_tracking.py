@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from distlib.averaging import MixPlan, WeightCache, gossip
+from distlib.averaging import WeightCache, gossip
 from distlib.options import choice
 from distlib.strategy import STRATEGIES, Context, Strategy
 from distlib.topology.mixing import WEIGHTS
@@ -42,9 +42,9 @@ class GradientTracking(Strategy):
         g.copy_(self.y)                     # the optimizer steps along y_i: x_i - alpha y_i
 
     def after_step(self, ctx: Context) -> None:
-        x, graph = ctx.worker.flat_params(), ctx.graph()
+        x = ctx.worker.flat_params()
         both = torch.cat([x, self.y])       # (x_i - alpha y_i, y_i): one message per neighbour
-        gossip(ctx.comm, both, MixPlan.from_rows(self.weights(graph), ctx.rank))
+        gossip(ctx.comm, both, self.weights.plan(ctx))
         x.copy_(both[:x.numel()])
         self.y.copy_(both[x.numel():])
 

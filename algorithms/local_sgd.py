@@ -7,6 +7,8 @@ from distlib.strategy import STRATEGIES, Context, Strategy
 
 @STRATEGIES.register("local_sgd")
 class LocalSGD(Strategy):
+    centralized = True      # averages over every (live) worker with collectives
+
     def __init__(self, period: int = 4) -> None:
         self.period = integer("algorithm.period", period, ge=1)    # H
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from distlib.averaging import MixPlan, gossip
+from distlib.averaging import MixPlan, gossip, restrict
 from distlib.options import choice, number
 from distlib.strategy import STRATEGIES, Context, Report, Strategy
 from distlib.topology.activation import MatchaDesign, matcha_design
@@ -51,11 +51,11 @@ class MATCHA(Strategy):
 
     def plan(self, ctx: Context) -> MixPlan:
         """Row i of W^(k) = I - alpha L^(k): weight alpha per active link, 1 - alpha d_i^(k) on self."""
-        return _row(self.design(ctx), self.activations(ctx), ctx.rank)
+        return restrict(_row(self.design(ctx), self.activations(ctx), ctx.rank), ctx)
 
     def after_step(self, ctx: Context) -> None:
         d, active = self.design(ctx), self.activations(ctx)
-        plan = _row(d, active, ctx.rank)
+        plan = restrict(_row(d, active, ctx.rank), ctx)     # under faults: live links only, alpha kept
         gossip(ctx.comm, ctx.worker.flat_params(), plan)   # y_i = x_i - gamma g_i is done; x_i <- sum_j W_ij y_j
         self._sums += (1, active.sum(), d.p.sum(), plan.degree, d.expected_peers(ctx.rank))
 

@@ -59,7 +59,8 @@ class SGP(Strategy):
         if n == 1:
             return (), ()
         hop = 2 ** (ctx.step % math.ceil(math.log2(n)))
-        return ((i + hop) % n,), ((i - hop) % n,)
+        # under faults a lost link's share stays with the sender (column stochastic on the live links)
+        return ctx.reachable(((i + hop) % n,)), ctx.reachable(((i - hop) % n,))
 
     def after_backward(self, ctx: Context) -> None:
         # g_i was taken at z_i; the optimizer steps the numerator x_i

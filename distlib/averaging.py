@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
 
 from distlib.comm.base import Communicator
 from distlib.topology.graphs import Graph
-from distlib.topology.mixing import MixingRows, mixing_rows
+from distlib.topology.mixing import MixingRows, metropolis_row, mixing_rows
+
+if TYPE_CHECKING:
+    from distlib.strategy import Context
 
 
 def mix_into(x: torch.Tensor, got: Mapping[int, torch.Tensor], w_self: float,
@@ -49,6 +52,20 @@ class MixPlan:
         return MixPlan(w.graph.neighbors(i), w_self, w_peers)
 
 
+def restrict(plan: MixPlan, ctx: "Context") -> MixPlan:
+    """``plan`` over the peers reachable at this step (docs/faults.md): an unreachable peer's
+    weight goes to the worker itself. Published weights are kept (I - alpha L, MATCHA's): a row
+    stays stochastic and W symmetric, so the live workers' mean is kept; a worker that is down
+    itself keeps x_i. Without faults, ``plan`` itself."""
+    if ctx.faults is None:
+        return plan
+    peers = ctx.reachable(plan.peers)
+    if len(peers) == len(plan.peers):
+        return plan
+    lost = sum(plan.w_peers[j] for j in plan.peers if j not in peers)
+    return MixPlan(peers, plan.w_self + lost, {j: plan.w_peers[j] for j in peers})
+
+
 def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torch.Tensor]:
     """Exchange x_i with ``plan.peers`` and mix in place. Returns what came in ({} if no peers:
     a worker with no active link sends and receives nothing).
@@ -77,3 +94,15 @@ class WeightCache:
 
     def __call__(self, graph: Graph) -> MixingRows:
         return mixing_rows(graph, self.kind, self.alpha)
+
+    def plan(self, ctx: "Context") -> MixPlan:
+        """Worker i's row at this step. Under faults Metropolis is re-derived on the live
+        subgraph (its weights only need the degrees there, known to every worker); I - alpha L
+        keeps the published alpha and gives a lost link's weight to self (:func:`restrict`)."""
+        graph, i = ctx.graph(), ctx.rank
+        if ctx.faults is None or self.kind != "metropolis":
+            return restrict(MixPlan.from_rows(self(graph), i), ctx)
+        if not ctx.faults.is_live(i, ctx.step):
+            return MixPlan((), 1.0, {})
+        w_self, w = metropolis_row(graph, i, ctx.link_up)
+        return MixPlan(tuple(w), w_self, w)

@@ -13,7 +13,7 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from distlib import console
-from distlib.errors import CheckpointWriteError, ConfigError, DivergenceError
+from distlib.errors import CheckpointWriteError, CommError, ConfigError, DivergenceError
 from distlib.options import imports_hint, unknown_key
 from distlib.sweep import register_resolvers
 
@@ -48,10 +48,16 @@ def run(cfg: DictConfig) -> dict | None:
 def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
     """``interrupted by SIGINT at step 40 of 600; checkpoint written; resume with: distlib-train
     ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a sweep)."""
-    import shlex
     head = str(e)
     if e.checkpoint is None:
         return f"{head}; no checkpoint (checkpoint.enabled=false): nothing to resume from"
+    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {resume_command(cfg)}"
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """``distlib-train ... resume=true hydra.run.dir=RUN`` (this job's own overrides, also inside a
+    sweep), under torchrun with its launcher."""
+    import shlex
     hc = HydraConfig.get()
     keep = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     cmd = ["distlib-train", *keep, "resume=true", f"hydra.run.dir={Path(hc.runtime.output_dir).resolve()}"]
@@ -61,7 +67,7 @@ def interrupted_line(e: "Interrupted", cfg: DictConfig) -> str:
         launch = ["torchrun", f"--nproc_per_node={local}"] if nodes == 1 else \
             ["torchrun", "<your torchrun options>"]
         cmd = [*launch, "--no-python", *cmd]
-    return f"{head}; checkpoint written ({e.checkpoint.name}); resume with: {shlex.join(cmd)}"
+    return shlex.join(cmd)
 
 
 def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
@@ -99,8 +105,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     global _TASK_STARTED
     _TASK_STARTED = True
+    from distlib.comm import heartbeat
     from distlib.interrupt import Interrupted
     from distlib.sweep import objective, record_divergence
+    heartbeat.RESUME_HINT = resume_command(cfg)     # a frozen peer ends the run from another thread
     try:
         return objective(run(cfg))
     except Interrupted as e:
@@ -137,6 +145,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # The disk filled (or a mount went away) after the preflight: the previous checkpoint is kept.
         console.error(f"checkpoint write failed: {e}")
         sys.exit(1)
+    except CommError as e:
+        # A peer died (or froze, or called something else): one line naming it, and how to go on.
+        console.error(f"{' '.join(str(e).split())}; resume with: {resume_command(cfg)}")
+        sys.exit(heartbeat.EXIT_PEER_LOST)
 
 
 def main() -> None:
@@ -220,7 +232,10 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
         if declared(key):   # an optional field the shipped configs leave out
             value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "VALUE")
             return f"{key}: off unless added, so it is added, not overridden: write +{key}={value}"
-        return unknown_key(key, _keys_beside(key, argv or []))
+        keys = _keys_beside(key, argv or [])
+        if not keys and key.startswith("faults."):     # the group is off by default (no faults)
+            return f"{key}: no faults group chosen; choose one first: faults=crash, churn or links"
+        return unknown_key(key, keys)
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)

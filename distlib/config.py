@@ -53,6 +53,8 @@ def register_configs() -> None:
     cs.store(group="cluster", name="default", node=schema.asdict_of(schema.ClusterConfig))
     for name in schema.compression_names():
         cs.store(group="compression", name=name, node={**schema.asdict_of(schema.CompressionConfig), "name": name})
+    for name in schema.fault_names():
+        cs.store(group="faults", name=name, node={**schema.asdict_of(schema.FaultsConfig), "name": name})
     for name in STRATEGIES:
         cs.store(group="algorithm", name=name, node={"name": name, **defaults_of(STRATEGIES.get(name))})
     for name in BACKENDS:
@@ -114,6 +116,10 @@ def validate(cfg: DictConfig) -> "Strategy":
         raise ConfigError(f"compression: {compression} needs an algorithm that compresses its messages "
                           f"(choco_sgd); algorithm={cfg.algorithm.get('name') or cfg.algorithm.get('_target_')} "
                           f"sends them whole")
+    if cfg.backend.get("fault_tolerance") == "torchft" and not getattr(algo, "centralized", False):
+        raise ConfigError(f"backend.fault_tolerance: torchft needs a centralized algorithm (allreduce_sgd, "
+                          f"local_sgd, diloco), got {cfg.algorithm.get('name')}; decentralized ones survive "
+                          f"faults=... in simulation only (docs/faults.md)")
     if cfg.workers is None:
         resolve_workers(cfg, getattr(algo, "service_ranks", 0))
         schema.check(cfg)   # again: the checks that involve the number of workers (cluster.speeds)

@@ -44,6 +44,9 @@ class History:
             "time": {"wall_s": wall_s, "virtual_s": last.get("virtual_s", 0.0)},
             "history": [{k: v for k, v in h.items() if not isinstance(v, list)} for h in self.rows],
         })
+        if "down_steps_per_worker" in last:     # faults=...: each worker's down time, the live ones now
+            out["faults"] = {"down_steps_per_worker": last["down_steps_per_worker"],
+                             "live_workers": last.get("live_workers")}
         out.update(extra or {})
         return out
 

@@ -67,6 +67,9 @@ class Progress:
             parts.append(f"consensus {r['consensus_distance']:.2e}")
         parts += [f"sent/worker {human_bytes(r['bytes_sent'])}", f"virtual {r['virtual_s']:.1f}s",
                   f"wall {r['wall_s']:.1f}s"]
+        if r.get("live_workers") is not None:   # faults=...: who took part, each worker's down steps so far
+            down = r.get("down_steps_per_worker") or []
+            parts += [f"live {r['live_workers']}/{len(down)}", f"down {down}"]
         self.say("  ".join(parts))
 
     def close(self) -> None:

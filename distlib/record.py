@@ -38,6 +38,8 @@ class EvalRecord:
     worker_accuracy_mean: float | None = None
     val_loss: float | None = None                       # dataset.val_fraction: of the same model, on validation
     val_accuracy: float | None = None
+    live_workers: int | None = None                     # faults=...: workers live at this step
+    down_steps_per_worker: list[int] | None = None      # faults=...: steps each worker has been down
     #: a strategy's own figures (``Report.scalars``), named freely, after the fields above
     extra: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None         # set when logged (a record made earlier brings its own)
@@ -68,7 +70,8 @@ class EvalRecord:
     def scalar_fields(cls) -> tuple[str, ...]:
         """The fields that hold one number (the rest: per-worker lists, ``extra``)."""
         return tuple(f.name for f in dataclasses.fields(cls)
-                     if f.name not in ("extra", "bytes_sent_per_worker", "bytes_recv_per_worker"))
+                     if f.name not in ("extra", "bytes_sent_per_worker", "bytes_recv_per_worker",
+                                       "down_steps_per_worker"))
 
 
 #: The history keys other tools read (see README: summary.json)

@@ -28,6 +28,7 @@ from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, check_batches, partition
 from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
+from distlib.faults import FaultSchedule, build_schedule, check_faults, schedule_seed
 from distlib.interrupt import StopPoint
 from distlib.lr import LRSchedule
 from distlib.metrics import RunLogger
@@ -90,6 +91,13 @@ class Run:
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.lr = LRSchedule(cfg.optim.lr, tuple(cfg.optim.milestones or ()), cfg.optim.gamma)
+        faults = OmegaConf.to_container(cfg.faults, resolve=True) if cfg.get("faults") else None
+        if faults:      # refused before any work, one line each (distlib/faults.py)
+            check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
+                         centralized=algo.centralized, asynchronous=self.asynchronous)
+        #: who is live at step t, which links are up (faults=...); None: always everyone
+        self.faults: FaultSchedule | None = build_schedule(faults, n, cfg.seed)
+        self.fault_cfg = faults or {}
         # Finds and checks the checkpoint to resume from now, before any work starts.
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.backend.local_ranks, self.backend.world_size,
                                          steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
@@ -171,7 +179,7 @@ class Run:
         role: Role = build_strategy(self._algorithm)
         common = dict(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                       seed=seed_for(cfg.seed, "strategy"), lr=self.lr, workers=cfg.workers,
-                      compressor=build_compressor(cfg.get("compression")))
+                      compressor=build_compressor(cfg.get("compression")), faults=self.faults)
         ctx: Context
         if rank >= cfg.workers:
             assert isinstance(role, AsyncStrategy)
@@ -225,15 +233,21 @@ class Run:
         with comm.uncounted():
             named = role.evaluated(ctx)     # e.g. DiLoCo's outer x, not the inner x_i
             x = worker.flat_params() if named is None else named
-            xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            live = None if self.faults is None else self.faults.live(ctx.step)
+            if live is None:
+                xbar = comm.all_reduce(x.detach().clone(), op="mean")
+            else:   # faults: the live workers' mean, what a user of the survivors gets
+                mine = x.detach().clone() if comm.rank in live else torch.zeros_like(x)
+                xbar = comm.all_reduce(mine, op="sum") / len(live)
             if report.window_losses is not None:    # pooled: the sum and count of the window's losses
                 loss_sum, loss_count = float(sum(report.window_losses)), float(len(report.window_losses))
             else:   # the mean of the loop's window (a service rank has no train loss)
                 has_loss = math.isfinite(train_loss)
                 loss_sum, loss_count = train_loss if has_loss else 0.0, float(has_loss)
-            dist = comm.all_reduce(torch.tensor([float(((x - xbar) ** 2).sum()), loss_sum, loss_count],
-                                                dtype=torch.float64), op="sum")
-            dist[0], dist[1] = dist[0] / comm.world_size, dist[1] / max(float(dist[2]), 1.0)
+            own_dist = float(((x - xbar) ** 2).sum()) if live is None or comm.rank in live else 0.0
+            dist = comm.all_reduce(torch.tensor([own_dist, loss_sum, loss_count], dtype=torch.float64), op="sum")
+            dist[0] = dist[0] / (comm.world_size if live is None else len(live))   # among the live workers
+            dist[1] = dist[1] / max(float(dist[2]), 1.0)
             test = on_device(self.dataset.test, worker.device)     # copied there once
             own = worker.evaluate(test, params=named) if self.cfg.eval.per_worker and (
                 self.eval_ranks is None or comm.rank in self.eval_ranks) else None
@@ -242,8 +256,13 @@ class Run:
                                        c.clock], dtype=torch.float64)
             gathered = comm.all_gather(per_worker)
             names = sorted(report.scalars)
-            extra_mean = comm.all_reduce(torch.tensor([report.scalars[k] for k in names], dtype=torch.float64),
-                                         op="mean") if names else torch.zeros(0)
+            if names and live is not None:     # faults: the mean over the workers that have a figure
+                v = torch.tensor([report.scalars[k] for k in names], dtype=torch.float64)
+                both = comm.all_reduce(torch.cat([torch.nan_to_num(v), v.isfinite().double()]), op="sum")
+                extra_mean = both[:len(names)] / both[len(names):]
+            else:
+                extra_mean = comm.all_reduce(torch.tensor([report.scalars[k] for k in names],
+                                                          dtype=torch.float64), op="mean") if names else torch.zeros(0)
             if comm.rank != 0:
                 return None, report
             table = torch.stack(gathered)
@@ -260,6 +279,9 @@ class Run:
             extra={k: float(v) for k, v in zip(names, extra_mean)})
         if val is not None:
             record.val_loss, record.val_accuracy = val.loss, val.accuracy
+        if live is not None:
+            record.live_workers = len(live)
+            record.down_steps_per_worker = self.faults.down_steps_of(ctx.step + 1)
         if self.cfg.eval.per_worker:
             acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
             record.worker_accuracy_min, record.worker_accuracy_max = float(acc.min()), float(acc.max())

@@ -90,6 +90,24 @@ class CompressionConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Workers that crash, leave and rejoin, links that fail (distlib/faults.py, docs/faults.md)."""
+    name: Literal["none", "crash", "churn", "links"] = "none"
+    seed: Optional[int] = rule(None, ge=0)          # null: drawn from the run's seed
+    ranks: Optional[list[int]] = rule(None, ge=0)   # crash: these ranks (checked against workers)
+    fraction: Optional[float] = rule(None, gt=0, le=1)  # crash: or this seeded fraction of the workers
+    at_step: int = rule(0, ge=0)                    # crash: first step down
+    down_steps: Optional[int] = rule(None, ge=1)    # crash: steps down; null = for good
+    p_leave: float = rule(0.0, ge=0, le=1)          # churn: per live worker per step
+    mean_down_steps: float = rule(10.0, ge=1)       # churn: mean of the geometric down time
+    max_down: Optional[int] = rule(None, ge=1)      # churn: longest down time; null = unbounded
+    p_drop: float = rule(0.0, ge=0, le=1)           # links: per edge per step
+    partition: Optional[dict] = None                # links: {a: [...], b: [...] or null, start, end}
+    rejoin: Literal["stale", "neighbor", "average"] = "stale"   # what a worker coming back takes as x_i
+    detect_s: float = rule(1.0, ge=0)               # virtual seconds a peer loses to notice a dead one
+
+
+@dataclass
 class CheckpointConfig:
     enabled: bool = True
     every: Optional[int] = rule(None, ge=1)     # steps between checkpoints; null = epoch ends and the end
@@ -140,6 +158,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -149,7 +168,7 @@ class TrainConfig:
 DEFAULT_WORKERS = 8
 
 #: groups chosen by name on the command line (config group options), not top-level blocks
-SELECTED_GROUPS = ("optim", "network", "cluster", "dataset", "compression")
+SELECTED_GROUPS = ("optim", "network", "cluster", "dataset", "compression", "faults")
 
 
 def run_defaults() -> dict[str, Any]:
@@ -277,6 +296,11 @@ def declared(key: str) -> bool:
             return False
         tp = typing.get_type_hints(tp)[part]
     return True
+
+
+def fault_names() -> tuple[str, ...]:
+    """The names ``faults=`` accepts (their schedule: distlib/faults.py)."""
+    return typing.get_args(typing.get_type_hints(FaultsConfig)["name"])
 
 
 def compression_names() -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_PURPOSES = {"init": 1, "rng": 2, "data": 3, "partition": 4, "strategy": 5, "eval": 6}
+_PURPOSES = {"init": 1, "rng": 2, "data": 3, "partition": 4, "strategy": 5, "eval": 6, "faults": 7}
 
 
 def seed_for(seed: int, purpose: str, rank: int | None = None) -> int:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from distlib.compression import Compressor
+    from distlib.faults import FaultSchedule
     from distlib.lr import LRSchedule
     from distlib.topology.graphs import Graph
     from distlib.topology.topology import Topology
@@ -59,6 +60,8 @@ class Context:
     workers: int = 0
     #: what messages pass through (``compression=...``), for strategies with ``compresses = True``
     compressor: "Compressor | None" = None
+    #: the run's fault schedule (``faults=...``); None: every worker and link always up
+    faults: "FaultSchedule | None" = None
 
     @property
     def rank(self) -> int:
@@ -69,11 +72,23 @@ class Context:
         return self.comm.world_size
 
     def graph(self) -> "Graph":
-        """The communication graph in force at this step."""
+        """The communication graph in force at this step, as designed (faults not applied:
+        mixing weights and MATCHA's design are derived from it; see :meth:`reachable`)."""
         return self.topology.graph_at(self.step)
 
     def neighbors(self) -> tuple[int, ...]:
-        return self.graph().neighbors(self.rank)
+        """This worker's neighbours it can reach at this step (all of them without faults)."""
+        return self.reachable(self.graph().neighbors(self.rank))
+
+    def reachable(self, peers: "tuple[int, ...] | list[int]") -> tuple[int, ...]:
+        """The ``peers`` this worker can exchange with at this step: live, link up (docs/faults.md)."""
+        if self.faults is None:
+            return tuple(peers)
+        return self.faults.reachable(self.step, self.rank, peers)
+
+    def link_up(self, i: int, j: int) -> bool:
+        """Can workers i and j exchange at this step."""
+        return self.faults is None or self.faults.link_up(self.step, i, j)
 
 
 @dataclass
@@ -101,6 +116,9 @@ class Role:
 
     #: True if the strategy passes its messages through ``ctx.compressor`` (else compression=none only)
     compresses: bool = False
+    #: True if it averages over every worker with collectives (AllReduce-SGD, local SGD, DiLoCo):
+    #: under faults it waits for all of them, and it may run under torchft
+    centralized: bool = False
 
     def setup(self, ctx: Context) -> None:
         pass

@@ -9,6 +9,7 @@ from typing import Any
 
 from distlib.comm.base import Communicator
 from distlib.run import Run
+from distlib.fault_step import fault_step
 from distlib.step import train_step
 
 
@@ -22,7 +23,11 @@ def sync_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
         ctx.step, ctx.epoch = step, step // run.steps_per_epoch
         comm.speed = run.cluster.speed(comm.rank, step)     # stragglers and transient slowdowns
         run.lr.apply(worker, ctx.epoch)
-        train_step(ctx, strategy, loop, run.step_time)
+        if run.faults is None:
+            train_step(ctx, strategy, loop, run.step_time)
+        else:       # a down worker skips the step (distlib/fault_step.py)
+            fault_step(ctx, strategy, loop, run.faults, rejoin=run.fault_cfg["rejoin"],
+                       detect_s=run.fault_cfg["detect_s"], step_time=run.step_time)
         if run.logger is not None:      # this process's rank 0 records the run
             run.logger.step_done(step + 1, ctx.loss)
         if step + 1 == run.total_steps:     # complete what is in flight before the last evaluation

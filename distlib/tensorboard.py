@@ -95,6 +95,8 @@ class TensorBoardSink:
                 continue
             if math.isfinite(value):
                 tb.add_scalar(tb_tag(key), value, step)
+        for r, down in enumerate(row.get("down_steps_per_worker") or []):     # faults=...
+            tb.add_scalar(f"down_steps/worker_{r}", down, step)
         # The same curves against virtual time (integer microseconds: TensorBoard steps are ints).
         for key in ("train_loss", "test_accuracy"):
             if isinstance(row.get(key), float) and math.isfinite(row[key]):

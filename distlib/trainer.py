@@ -32,7 +32,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path, backend: Backend | None = None, *,
                  sweep: dict[str, str] | None = None) -> None:
         self.run_state = Run(cfg, run_dir, backend, sweep=sweep)
-        self.loop = partial(async_loop if self.run_state.asynchronous else sync_loop, self.run_state)
+        loop = async_loop if self.run_state.asynchronous else sync_loop
+        if self.run_state.cfg.backend.get("fault_tolerance") == "torchft":  # replicas die and rejoin
+            from distlib.ft import ft_loop
+            loop = ft_loop
+        self.loop = partial(loop, self.run_state)
 
     def __getattr__(self, name: str) -> Any:
         if name == "run_state":

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from distlib.comm.sim import SimWorld
+from distlib.fault_step import fault_step
 from distlib.lr import LRSchedule
 from distlib.protocol import AsyncStrategy
 from distlib.step import LoopState, train_step
@@ -65,17 +66,18 @@ class VectorWorker:
 def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[int], Strategy],
                 make_worker: Callable[[int], Any], steps: int, *, seed: int = 1234,
                 step_time: float | None = None, before: Callable[[Context], None] | None = None,
-                after: Callable[[Context], None] | None = None) -> list[tuple[Strategy, Any, Context]]:
+                after: Callable[[Context], None] | None = None, faults: Any = None,
+                rejoin: str = "stale", detect_s: float = 0.0) -> list[tuple[Strategy, Any, Context]]:
     """Run ``steps`` steps of every worker, then its ``finish`` (an asynchronous strategy: until
-    it stops), each through ``train_step``; ``before`` / ``after`` see each step's context.
-    Returns (strategy, worker, context) per rank."""
+    it stops), each through ``train_step`` (``fault_step`` with a ``faults`` schedule);
+    ``before`` / ``after`` see each step's context. Returns (strategy, worker, context) per rank."""
 
     def body(r: int) -> tuple[Strategy, Any, Context]:
         comm, worker, strategy = world.comms[r], make_worker(r), make_strategy(r)
         if step_time is not None:
             comm.measure_compute = False
         ctx = Context(worker, comm, topology, seed=seed, total_steps=steps, steps_per_epoch=steps + 1,
-                      lr=LRSchedule(worker.lr()), workers=world.n)
+                      lr=LRSchedule(worker.lr()), workers=world.n, faults=faults)
         strategy.setup(ctx)
         loop = LoopState()
         for k in itertools.count():
@@ -85,7 +87,10 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
                 break
             if before is not None:
                 before(ctx)
-            train_step(ctx, strategy, loop, step_time)
+            if faults is None:
+                train_step(ctx, strategy, loop, step_time)
+            else:
+                fault_step(ctx, strategy, loop, faults, rejoin=rejoin, detect_s=detect_s, step_time=step_time)
             if not asynchronous and k + 1 == steps:     # as the synchronous loop: before the last evaluation
                 strategy.finish(ctx)
             if after is not None:

@@ -100,7 +100,7 @@ def test_the_circle_finder_finds_a_circle(tmp_path):
 #: The layers of the run, lowest first: a module may depend on (import anywhere: at the top,
 #: inside a function, under TYPE_CHECKING) modules of lower layers only, never of its own or a
 #: higher one. Every other module of the package is below them all and imports none of them.
-LAYERS = [["distlib.run"], ["distlib.sync_loop", "distlib.async_loop"], ["distlib.trainer"],
+LAYERS = [["distlib.run"], ["distlib.sync_loop", "distlib.async_loop", "distlib.ft"], ["distlib.trainer"],
           ["distlib.cli"], ["distlib.__main__"]]
 
 

@@ -99,6 +99,14 @@ class Communicator(ABC):
     device: torch.device | None = None
     #: the dtype gossip messages travel in (``comm.dtype``; distlib.averaging); None: x_i's own
     message_dtype: torch.dtype | None = None
+    #: the ranks collectives run over (sorted), set by the runtime while some workers are down
+    #: (``faults=...``, distlib/fault_step.py); None: every rank. Only those ranks call them;
+    #: ``mean`` divides by their number and bytes are counted for a ring over them.
+    group: tuple[int, ...] | None = None
+
+    def members(self) -> tuple[int, ...]:
+        """The ranks of this worker's collectives now (``group``, or every rank)."""
+        return tuple(range(self.world_size)) if self.group is None else self.group
 
     # -- collectives (every worker must call them, in the same order) ---------------------
     @abstractmethod
@@ -171,6 +179,13 @@ class Communicator(ABC):
     def add_compute(self, seconds: float) -> None:
         """Advance this worker's virtual clock by ``seconds`` of compute at speed 1."""
         self.counters.clock += seconds / self.speed
+
+    def add_wait(self, seconds: float) -> None:
+        """Advance this worker's virtual clock by ``seconds`` spent waiting on communication
+        (a timeout before a dead peer is given up, ``faults.detect_s``); nothing when uncounted."""
+        if self._counting:
+            self.counters.clock += seconds
+            self.counters.comm_time += seconds
 
     def _flush(self) -> None:
         """Backends that measure compute time add the time since the last call here."""

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from distlib.comm.base import BACKENDS, Backend, Communicator, Counters, Handle, collective_bytes, nbytes
+from distlib.comm.heartbeat import Heartbeat
 from distlib.errors import CommError, ConfigError
 from distlib.options import choice, number
 
@@ -115,6 +116,8 @@ class DistCommunicator(Communicator):
         self.wire = wire or torch.device("cpu")
         self._seg = time.perf_counter()     # start of the current compute segment
         self._pending_sends: list[_DistHandle] = []
+        #: names the rank that died after a communication error (set by TorchBackend.run)
+        self.heartbeat: Heartbeat | None = None
         self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
 
     # -- time and errors -------------------------------------------------------------------
@@ -133,6 +136,12 @@ class DistCommunicator(Communicator):
             yield
         except RuntimeError as e:   # gloo/NCCL errors and timeouts are RuntimeErrors
             where = f"step {self.step}" if self.step >= 0 else "before the first step"
+            lost = self.heartbeat.silent() if self.heartbeat is not None else []
+            if lost:    # a peer stopped beating: say which, not gloo's "Connection reset by peer"
+                who = ", ".join(map(str, lost))
+                # dead or frozen look alike from here (a peer that saw the freeze first may have left)
+                raise CommError(f"rank {self.rank}: rank {who} stopped (died or froze: its heartbeat is silent); "
+                                f"{what} failed at {where}") from e
             raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
                             f"a peer may have died or called a different operation): {e}") from e
         now = time.perf_counter()
@@ -169,6 +178,8 @@ class DistCommunicator(Communicator):
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op not in _OPS:
             raise ValueError(f"all_reduce: unknown op {op!r}; allowed: {', '.join(_OPS)}")
+        if self.group is not None:
+            return self._group_all_reduce(tensor, op)
         self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
         with self._op(f"all_reduce(op={op})"):
             w = self._wire(tensor)
@@ -184,6 +195,8 @@ class DistCommunicator(Communicator):
         """Start the all-reduce (async_op); ``wait()`` completes it and leaves the result in ``tensor``."""
         if op not in ("sum", "mean"):
             raise ValueError(f"all_reduce_start: unknown op {op!r}; allowed: sum, mean")
+        if self.group is not None:
+            return super().all_reduce_start(tensor, op)
         self._count(*collective_bytes("all_reduce", tensor, self.world_size, self.rank))
         what = f"all_reduce_start(op={op})"
         with self._op(what):
@@ -198,6 +211,8 @@ class DistCommunicator(Communicator):
         return _DistHandle(self, work, what, done)
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.group is not None:
+            raise NotImplementedError("broadcast over a group of live ranks (faults) is not implemented")
         self._count(*collective_bytes("broadcast", tensor, self.world_size, self.rank, src))
         with self._op(f"broadcast(src={src})"):
             w = self._wire(tensor)
@@ -206,6 +221,8 @@ class DistCommunicator(Communicator):
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if self.group is not None:
+            raise NotImplementedError("all_gather over a group of live ranks (faults) is not implemented")
         n = self.world_size
         self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         with self._op("all_gather()"):
@@ -227,17 +244,39 @@ class DistCommunicator(Communicator):
         k, b = len(peers), nbytes(tensor)
         self._count(b * k, b * k, messages=k)
         with self._op(f"exchange(peers={peers})"):
-            w = self._wire(tensor)
-            got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
-            # Sends and receives in ONE batched call: no order of peers can deadlock.
-            ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
-            ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
-            if ops:
-                self._wait(dist.batch_isend_irecv(ops))
+            w, got = self._swap(tensor, peers)
         home = self.device or tensor.device    # delivered on this worker's device
         if got and w.device != home:
             got = {p: g.to(home) for p, g in got.items()}
         return got
+
+    def _swap(self, tensor: torch.Tensor, peers: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Send ``tensor`` to every peer and receive theirs: (the wire tensor, {peer: tensor})."""
+        w = self._wire(tensor)
+        got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
+        # Sends and receives in ONE batched call: no order of peers can deadlock.
+        ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
+        ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
+        if ops:
+            self._wait(dist.batch_isend_irecv(ops))
+        return w, got
+
+    def _group_all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """All-reduce over ``group`` (the live ranks under faults) without a process group per
+        live set (torch.distributed would need every rank, dead ones too, to create each): every
+        member swaps its tensor with every other and reduces the same stack in rank order, as
+        the simulator does. Counted as a ring all-reduce over the group (what a real one costs)."""
+        members = self.group
+        assert members is not None and self.rank in members, "a rank outside the live group called a collective"
+        self._count(*collective_bytes("all_reduce", tensor, len(members), self.rank))
+        with self._op(f"all_reduce(op={op}, group={list(members)})"):
+            w, got = self._swap(tensor, [r for r in members if r != self.rank])
+            got[self.rank] = w
+            stacked = torch.stack([got[r] for r in members])
+            red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / len(members),
+                   "max": lambda s: s.max(0).values, "min": lambda s: s.min(0).values}[op](stacked)
+            tensor.detach().copy_(red.to(tensor.device))
+        return tensor
 
     # -- point to point ---------------------------------------------------------------------
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
@@ -308,6 +347,7 @@ def _check_tag(tag: int) -> None:
 
 
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+FAULT_TOLERANCE = ("none", "torchft")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -315,9 +355,23 @@ _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 class TorchBackend(Backend):
     """One worker in this process; the others are the other ranks of the process group."""
 
-    def __init__(self, workers: int, dist: str = "auto", timeout_s: float = 300.0) -> None:
+    def __init__(self, workers: int, dist: str = "auto", timeout_s: float = 300.0, heartbeat_s: float = 1.0,
+                 heartbeat_timeout_s: float = 30.0, fault_tolerance: str = "none") -> None:
+        """``timeout_s``: the longest any call may wait; ``heartbeat_s``: seconds between the
+        heartbeats that name a dead rank and find a frozen one (0: none); ``heartbeat_timeout_s``:
+        a rank silent this long is reported as frozen and the run stops (a slow step does not
+        count: the beat has its own thread); ``fault_tolerance``: none, or torchft (replicas
+        that die are left behind and rejoin; allreduce_sgd, local_sgd, diloco; docs/faults.md)."""
         choice("backend.dist", dist, DIST_BACKENDS)
         self.timeout_s = number("backend.timeout_s", timeout_s, gt=0)
+        self.heartbeat_s = number("backend.heartbeat_s", heartbeat_s, ge=0)
+        self.heartbeat_timeout_s = number("backend.heartbeat_timeout_s", heartbeat_timeout_s, gt=0)
+        self.fault_tolerance = choice("backend.fault_tolerance", fault_tolerance, FAULT_TOLERANCE)
+        if fault_tolerance == "torchft":    # one process per replica, no torch.distributed job (distlib/ft.py)
+            from distlib.comm.ft import replica_id
+            self.rank, self.world_size, self.local_ranks = replica_id(workers), workers, [replica_id(workers)]
+            self.local_rank, self.dist, self.device, self.wire, self.comm = 0, "gloo", None, torch.device("cpu"), None
+            return
         self.rank, self.world_size = _rank_and_world()
         if workers != self.world_size:
             raise ConfigError(f"workers: the run needs {workers} ranks (workers plus the algorithm's service "
@@ -337,6 +391,11 @@ class TorchBackend(Backend):
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
+        if self.fault_tolerance == "torchft":
+            from distlib.comm.ft import FTCommunicator
+            self.comm = FTCommunicator(self.rank, self.world_size, self.timeout_s)      # type: ignore[assignment]
+            result = fn(self.comm)
+            return result if self.rank == 0 else None
         owns_group = not dist.is_initialized()
         if owns_group:
             self._join()
@@ -347,6 +406,9 @@ class TorchBackend(Backend):
             # P2P call of a group must not be the one that sets up its connections (NCCL).
             with comm.uncounted():
                 comm.barrier()
+            if self.heartbeat_s and self.world_size > 1 and "MASTER_PORT" in os.environ:
+                comm.heartbeat = Heartbeat(self.rank, self.world_size, self.heartbeat_s,
+                                           self.heartbeat_timeout_s, self.timeout_s, step=lambda: comm.step).start()
             result = fn(comm)
             with comm.uncounted():
                 comm.finish()
@@ -354,6 +416,8 @@ class TorchBackend(Backend):
             ok = True
             return result if self.rank == 0 else None
         finally:
+            if self.comm is not None and self.comm.heartbeat is not None:
+                self.comm.heartbeat.stop()
             if owns_group:
                 _leave(ok)
 

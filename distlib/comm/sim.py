@@ -222,6 +222,7 @@ class SimCommunicator(Communicator):
         self.world_size = world.n
         self.counters = Counters()
         self._seq = 0   # index of this worker's next collective
+        self._group_seq: dict[tuple[int, ...], int] = {}    # ... over a group of live ranks (faults)
         self._seg = time.perf_counter()     # start of the current compute segment
 
     def _flush(self) -> None:
@@ -237,39 +238,48 @@ class SimCommunicator(Communicator):
         """Join collective call #seq; the last worker to join combines the tensors once and
         charges everyone the modelled ``cost()`` after the last arrival."""
         self._flush()
-        seq, self._seq = self._seq, self._seq + 1
-        coll = self.world.collectives.setdefault(seq, _Collective(kind, extra=extra))
+        members = self.members()
+        if self.group is None:
+            seq, self._seq = self._seq, self._seq + 1
+            key: Any = seq
+        else:   # every member of a group calls its collectives while the group is in force
+            seq = self._group_seq.get(self.group, 0)
+            self._group_seq[self.group] = seq + 1
+            key = (self.group, seq)
+        coll = self.world.collectives.setdefault(key, _Collective(kind, extra=extra))
         if coll.kind != kind or coll.extra != extra:
             raise DeadlockError(f"mismatched collectives at call #{seq}: worker {self.rank} called "
                                 f"{kind}({extra or ''}) but another worker called "
                                 f"{coll.kind}({coll.extra or ''})")
         coll.tensors[self.rank] = tensor
-        if len(coll.tensors) == self.world.n:
+        if len(coll.tensors) == len(members):
             coll.result = combine(coll)
             coll.done = True
+            comms = [self.world.comms[r] for r in members]
             if self._counting:
-                t = max(c.counters.clock for c in self.world.comms) + cost()
-                for c in self.world.comms:
+                t = max(c.counters.clock for c in comms) + cost()
+                for c in comms:
                     c.counters.comm_time += t - c.counters.clock
                     c.counters.clock = t
-            for r in range(self.world.n):
+            for r in members:
                 self.world.wake(r)
         self.world.block(self.rank, f"{kind}() (collective #{seq})", lambda: coll.done,
-                         lambda: [r for r in range(self.world.n) if r not in coll.tensors])
+                         lambda: [r for r in members if r not in coll.tensors])
         coll.tensors.pop(self.rank, None)
         if not coll.tensors:
-            del self.world.collectives[seq]
+            del self.world.collectives[key]
         return coll.result
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         def combine(c: _Collective) -> None:
-            home = c.tensors[0].device     # workers may sit on different GPUs
-            stacked = torch.stack([c.tensors[r].to(home) for r in range(self.world.n)])
-            red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / self.world.n,
+            home = c.tensors[members[0]].device     # workers may sit on different GPUs
+            stacked = torch.stack([c.tensors[r].to(home) for r in members])
+            red = {"sum": lambda s: s.sum(0), "mean": lambda s: s.sum(0) / len(members),
                    "max": lambda s: s.max(0).values, "min": lambda s: s.min(0).values}[op](stacked)
             for t in c.tensors.values():
                 t.copy_(red)
-        n = self.world.n
+        members = self.members()
+        n = len(members)
         self._count(*collective_bytes("all_reduce", tensor, n, self.rank))
         self._collective("all_reduce", tensor, combine,
                          lambda: self.world.network.all_reduce(nbytes(tensor), n), extra=op)
@@ -280,18 +290,20 @@ class SimCommunicator(Communicator):
             for r, t in c.tensors.items():
                 if r != src:
                     t.copy_(c.tensors[src])
-        self._count(*collective_bytes("broadcast", tensor, self.world.n, self.rank, src))
+        n = len(self.members())
+        self._count(*collective_bytes("broadcast", tensor, n, self.rank, src))
         self._collective("broadcast", tensor, combine,
-                         lambda: self.world.network.broadcast(nbytes(tensor), self.world.n), extra=src)
+                         lambda: self.world.network.broadcast(nbytes(tensor), n), extra=src)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every worker's snapshot, in rank order. The snapshots are shared by all workers
         (one copy per worker, not n): read them, do not write to them."""
-        n = self.world.n
+        members = self.members()
+        n = len(members)
         self._count(*collective_bytes("all_gather", tensor, n, self.rank))
         out = self._collective("all_gather", tensor.detach().clone(),
-                               lambda c: [c.tensors[r] for r in range(n)],
+                               lambda c: [c.tensors[r] for r in members],
                                lambda: self.world.network.all_gather(nbytes(tensor), n))
         # the shared read-only snapshots; copied only for a worker on another device
         return [t if t.device == tensor.device else t.to(tensor.device) for t in out]

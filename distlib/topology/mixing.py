@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -32,6 +32,14 @@ def metropolis(graph: Graph) -> np.ndarray:
         w[i, j] = w[j, i] = 1.0 / (1 + max(d[i], d[j]))
     w[np.diag_indices(graph.n)] = 1.0 - w.sum(1)
     return w
+
+
+def metropolis_row(graph: Graph, i: int, up: "Callable[[int, int], bool]") -> tuple[float, dict[int, float]]:
+    """Row i of Metropolis-Hastings weights on the subgraph of ``graph`` whose edges satisfy
+    ``up(i, j)`` (the live subgraph under faults): (W_ii, {j: W_ij}). O(degree^2)."""
+    live = {k: [m for m in graph.neighbors(k) if up(k, m)] for k in (i, *graph.neighbors(i))}
+    w = {j: 1.0 / (1 + max(len(live[i]), len(live[j]))) for j in live[i]}
+    return 1.0 - sum(w.values()), w
 
 
 def laplacian_alpha(graph: Graph, method: str = "auto") -> float:

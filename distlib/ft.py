@@ -1,0 +1,101 @@
+"""torchft for the centralized algorithms: ``backend=torch backend.fault_tolerance=torchft``.
+
+Each replica is a process of its own (not one torchrun job): it joins a torchft lighthouse,
+forms a quorum with the replicas alive at each step, and averages with
+``Manager.allreduce`` over a reconfigurable gloo group. A replica killed with SIGKILL is left
+behind (the others go on at the next step, no restart); started again, it recovers the live
+state (parameters, optimizer and strategy state, the step) from a peer over torchft's HTTP
+checkpoint transport, and then equals the others. Install with ``pip install 'distlib[ft]'``.
+
+Per replica (r = 0 .. workers-1; data shard r of ``workers``)::
+
+    torchft_lighthouse --bind 127.0.0.1:29510 --min_replicas 2 --join_timeout_ms 1000
+    DISTLIB_REPLICA=r TORCHFT_LIGHTHOUSE=http://127.0.0.1:29510 \\
+        distlib-train backend=torch backend.fault_tolerance=torchft algorithm=allreduce_sgd workers=3
+
+The step is torchft's: ``Manager.should_commit`` is voted after the backward pass and the
+averaging, and the optimizer steps only if every replica of the quorum agrees (what
+``torchft.optim.OptimizerWrapper`` does). Gradients are averaged by ``manager.allreduce``
+directly, not torchft's DDP wrapper (a peer dying inside its comm hook could crash the
+survivors: see /docs/faults.md). Evaluation is each replica's own (its replicas are equal).
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from distlib.comm.base import Communicator
+from distlib.comm.ft import FTCommunicator
+from distlib.step import LoopState, train_step
+from distlib.strategy import Context, Strategy
+
+if TYPE_CHECKING:
+    from distlib.run import Run
+
+
+class FTStep(Strategy):
+    """The strategy's hooks inside torchft's step: a quorum first, the optimizer only on commit."""
+
+    def __init__(self, inner: Strategy, comm: FTCommunicator) -> None:
+        self.inner, self.manager = inner, comm.manager
+
+    def before_step(self, ctx: Context) -> None:
+        self.manager.start_quorum()
+        self.inner.before_step(ctx)
+
+    def after_backward(self, ctx: Context) -> None:
+        self.inner.after_backward(ctx)
+
+    def local_update(self, ctx: Context) -> None:
+        if self.manager.should_commit():    # every replica of the quorum agrees: step
+            self.inner.local_update(ctx)
+
+    def after_step(self, ctx: Context) -> None:
+        x = ctx.worker.flat_params()
+        before = x.detach().clone()
+        self.inner.after_step(ctx)          # local SGD / DiLoCo average here
+        if self.manager.errored() is not None:
+            x.copy_(before)                 # an average that failed mid-way is garbage: keep x_i
+
+
+
+def ft_loop(run: "Run", comm: Communicator) -> dict[str, Any] | None:
+    """One replica's loop (beside :mod:`distlib.sync_loop`): steps follow torchft's step counter,
+    which jumps when the replica heals; a step not committed (a peer failed) is done again."""
+    assert isinstance(comm, FTCommunicator)
+    ctx, strategy, loop = run.start(comm)
+    assert isinstance(strategy, Strategy)
+    worker = ctx.worker
+    comm.bind(lambda: {"worker": worker.state_dict(), "strategy": strategy.state_dict()},
+              lambda s: (worker.load_state_dict(s["worker"]), strategy.load_state_dict(s["strategy"])))
+    step_fn, logger = FTStep(strategy, comm), run.logger_of(comm.rank)
+    try:
+        while (step := comm.manager.current_step()) < run.total_steps:
+            ctx.step, ctx.epoch = step, step // run.steps_per_epoch
+            run.lr.apply(worker, ctx.epoch)
+            train_step(ctx, step_fn, loop, run.step_time)
+            done = comm.manager.current_step()
+            if done == step:
+                continue
+            loop.step, ctx.step = done, done - 1
+            _record_step(done)
+            if logger is not None:
+                logger.step_done(done, ctx.loss)
+            if done == run.total_steps:
+                strategy.finish(ctx)
+            if done % run.eval_every == 0 or done == run.total_steps:
+                record, report = run.evaluate(ctx, strategy, loop.take_mean_loss())
+                if logger is not None and record is not None:
+                    record.extra["replicas"] = float(comm.manager.num_participants())
+                    logger.log(record, report)
+    finally:
+        comm.shutdown()
+    return logger.write_summary() if logger is not None else None
+
+
+def _record_step(step: int) -> None:
+    """DISTLIB_FT_STEPS=PATH: append each committed step (for tests and monitoring)."""
+    path = os.environ.get("DISTLIB_FT_STEPS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{step}\n")
