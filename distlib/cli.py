@@ -229,7 +229,7 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
             return (f"{key}: not in the defaults list, so it is added, not overridden: write "
                     f"+{key}={value}")
         from distlib.schema import declared
-        if declared(key):   # an optional field the shipped configs leave out
+        if declared(key) and not key.startswith("faults."):   # an optional field the shipped configs leave out
             value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "VALUE")
             return f"{key}: off unless added, so it is added, not overridden: write +{key}={value}"
         keys = _keys_beside(key, argv or [])

@@ -203,6 +203,22 @@ ROWS: list[tuple[list[str], str]] = [
     # -- backend ----------------------------------------------------------------------------------
     (["backend=mpi"], "backend: unknown option 'mpi'; available: sim, torch"),
     (["backend=torch"], "backend: torch needs the torchrun environment"),
+    # -- faults -----------------------------------------------------------------------------------
+    (["faults=meteor"], "faults: unknown option 'meteor'; available: churn, crash, links, none"),
+    (["faults=crash", "faults.name=meteor"], "faults.name: unknown 'meteor'; allowed: none, crash, churn, links"),
+    (["faults.p_drop=0.1"], "faults.p_drop: no faults group chosen; choose one first: faults=crash, churn or links"),
+    (["faults=crash", "faults.seed=-1"], "faults.seed: must be an integer >= 0 or null, got -1"),
+    (["faults=crash", "workers=4", "faults.ranks=[9]"], "faults.ranks: rank 9 is outside 0..3 (4 workers)"),
+    (["faults=crash", "faults.fraction=0"], "faults.fraction: must be > 0 and <= 1 or null, got 0"),
+    (["faults=crash", "faults.at_step=-1"], "faults.at_step: must be an integer >= 0, got -1"),
+    (["faults=crash", "faults.down_steps=0"], "faults.down_steps: must be an integer >= 1 or null, got 0"),
+    (["faults=crash", "faults.rejoin=copy"], "faults.rejoin: unknown 'copy'; allowed: stale, neighbor, average"),
+    (["faults=crash", "faults.detect_s=-1"], "faults.detect_s: must be >= 0, got -1"),
+    (["faults=churn", "faults.p_leave=1.5"], "faults.p_leave: must be >= 0 and <= 1, got 1.5"),
+    (["faults=churn", "faults.mean_down_steps=0.5"], "faults.mean_down_steps: must be >= 1, got 0.5"),
+    (["faults=churn", "faults.max_down=0"], "faults.max_down: must be an integer >= 1 or null, got 0"),
+    (["faults=links", "faults.p_drop=2"], "faults.p_drop: must be >= 0 and <= 1, got 2"),
+    (["faults=links", "faults.partition=3"], "faults.partition: must be a group of options or null, got 3"),
     # -- the run directory and the hints ------------------------------------------------------------
     (["hydra.run.dir={dir}/a_file"], "hydra.run.dir: {dir}/a_file is a file, or lies under one; give a directory"),
     (["hydra.run.dir={dir}/a_file/run"], "hydra.run.dir: {dir}/a_file/run is a file, or lies under one; give a "
@@ -276,6 +292,7 @@ def test_the_table_covers_every_group_and_its_fields():
         tp = hints[f.name]
         fields += [f"{f.name}.{g.name}" for g in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else [f.name]
     assert sorted(k for k in fields if k not in keys) == []
-    for group in ("algorithm", "topology", "model", "dataset", "backend", "network", "compression", "experiment"):
+    for group in ("algorithm", "topology", "model", "dataset", "backend", "network", "compression", "experiment",
+                  "faults"):
         assert any(k == group or k.startswith(group + ".") for k in keys), group
     assert len(ROWS) >= 90
