@@ -70,8 +70,9 @@ class ADPSGD(AsyncStrategy):
         return float(self.seen.sum()) < ctx.world_size * ctx.total_steps
 
     def progress(self, ctx: Context) -> float:
-        # The lr schedule follows the run's progress (samples seen, in epochs), not this worker's own steps.
-        return int(self.seen.sum()) // (ctx.world_size * ctx.steps_per_epoch)
+        # The lr schedule follows the run's progress (steps per worker, from the samples seen),
+        # not this worker's own steps.
+        return int(self.seen.sum()) // ctx.world_size
 
     def after_backward(self, ctx: Context) -> None:
         # g_i is computed at the older x_i; average now, the optimizer then applies g_i

@@ -55,15 +55,19 @@ record's train loss is the same mean over the gradients applied after the last r
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from distlib.errors import ConfigError
 from distlib.options import choice
 from distlib.protocol import AsyncStrategy, Service, ServiceContext, announce_cut, hold_every_worker, read_cut
 from distlib.record import EvalRecord
 from distlib.share import all_gather_lists, broadcast_object
 from distlib.strategy import STRATEGIES, Context, Report
+
+if TYPE_CHECKING:
+    from distlib.optim import OptimSpec
 
 SCALINGS = ("none", "inverse")
 SERVER_MOMENTA = ("compensated", "configured")
@@ -106,6 +110,13 @@ class AsyncPS(AsyncStrategy):
 
     def make_service(self) -> "ParameterServer":
         return ParameterServer(self.staleness_scaling, self.server_momentum)
+
+    def check_optimizer(self, optim: OptimSpec) -> None:
+        """The server steps with the run's optimizer, any class; compensation needs a momentum
+        option to lower (SGD's, RMSprop's), which Adam-like optimizers do not have."""
+        if self.server_momentum == "compensated" and not optim.takes("momentum"):
+            raise ConfigError(f"algorithm.server_momentum: compensated lowers optim.momentum, which {optim.target} "
+                              f"has not; use algorithm.server_momentum=configured")
 
     def before_step(self, ctx: Context) -> None:
         if ctx.step == 0:   # the first pull; later ones come with the replies to pushes
@@ -262,8 +273,9 @@ class ParameterServer(Service):
         return announce_cut(ctx.comm, range(n), self.version // n, stop, TAG_REPLY)
 
     def setup(self, ctx: Context) -> None:
-        """Keep the configured momentum mu (the optimizer is fresh here, before any resume)."""
-        self.mu = [float(g["momentum"]) for g in ctx.worker.optimizer.param_groups]
+        """Keep the configured momentum mu (the optimizer is fresh here, before any resume);
+        an optimizer without momentum (Adam) keeps its own settings (server_momentum=configured)."""
+        self.mu = [float(g["momentum"]) for g in ctx.worker.optimizer.param_groups if "momentum" in g]
 
     def _set_momentum(self, worker: Any, n: int) -> None:
         """The server optimizer's momentum: mu_e = max(0, mu - (1 - 1/n)) when compensated."""
@@ -274,9 +286,10 @@ class ParameterServer(Service):
         """x <- x - gamma_s g with the configured optimizer (its momentum, weight decay)."""
         worker, n = ctx.worker, ctx.workers
         assert ctx.lr is not None
-        ctx.lr.apply(worker, self.version // (n * ctx.steps_per_epoch),
+        ctx.lr.apply(worker, self.version // n,     # the run's progress in steps per worker
                      divisor=1 + s if self.staleness_scaling == "inverse" else 1.0)
         worker.flat_grad().copy_(g)
+        worker.clip_gradients()     # optim.clip_grad_norm: a function of g_i alone, so clipping here is per worker
         worker.optimizer_step()
         self.version += 1
         self.results.staleness.append(s)
@@ -288,7 +301,7 @@ class ParameterServer(Service):
         record = ctx.evaluate(None, self.version // n)
         c = ctx.comm.counters
         record.bytes_sent = record.bytes_recv = (c.bytes_sent + c.bytes_recv) / ctx.world_size  # all via the server
-        record.lr = ctx.lr((self.version - 1) // (n * ctx.steps_per_epoch))
+        record.lr = ctx.lr((self.version - 1) // n)
         record.wall_s = self.wall_before + time.perf_counter() - self.t0
         record.extra = self.results.scalars()
         self.results.evals.append({**record.to_dict(), "applied": list(self.results.applied)})

@@ -2,7 +2,7 @@
 Nesterov step on the averaged pseudo-gradient.
 
 Every worker starts a round from the outer parameters theta and takes H inner optimizer steps
-(AdamW in the paper, or the run's own SGD) to theta_i. Then, with one all-reduce:
+(AdamW in the paper: DiLoCo's own, or the run's optimizer, e.g. optim=adamw) to theta_i. Then, with one all-reduce:
 
     Delta = theta - (1/n) sum_i theta_i           (the outer gradient)
     v <- mu v + Delta;   theta <- theta - lr_out (Delta + mu v)     (Nesterov momentum SGD)
@@ -12,14 +12,19 @@ With lr_out = 1 and mu = 0, theta = (1/n) sum_i theta_i: local SGD with period H
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distlib.errors import ConfigError
 from distlib.options import choice, integer, number
 from distlib.strategy import STRATEGIES, Context, Strategy
 
-INNER = ("adamw", "sgd")
+if TYPE_CHECKING:
+    from distlib.optim import OptimSpec
+
+#: adamw: DiLoCo's own AdamW; optim: the run's optimizer (optim=...); sgd: the same, which must be SGD
+INNER = ("adamw", "optim", "sgd")
 
 
 @STRATEGIES.register("diloco")
@@ -30,7 +35,9 @@ class DiLoCo(Strategy):
                  inner_lr: float = 3e-3, inner_weight_decay: float = 0.1) -> None:
         """``H``: inner steps per round (paper: 500 on LLM pre-training; 8 fits short runs);
         ``outer_lr``, ``outer_momentum``: the outer Nesterov SGD (paper: 0.7, 0.9); ``inner``: adamw
-        (paper) or sgd (the run's optim.*); ``inner_lr``: AdamW's rate, scaled by the run's LR
+        (DiLoCo's own AdamW, the paper's), optim (the run's optimizer: optim=adamw, any class,
+        its parameter groups) or sgd (the run's optimizer, when it is SGD); ``inner_lr``: its own
+        AdamW's rate, scaled by the run's LR
         schedule (paper: 4e-4 for language models; 3e-3 was the best of 4e-4, 1e-3, 3e-3 on the
         embedded digits); ``inner_weight_decay``: AdamW's (paper: 0.1)."""
         self.H = integer("algorithm.H", H, ge=1)
@@ -39,6 +46,15 @@ class DiLoCo(Strategy):
         self.inner = choice("algorithm.inner", inner, INNER)
         self.inner_lr = number("algorithm.inner_lr", inner_lr, gt=0)
         self.inner_wd = number("algorithm.inner_weight_decay", inner_weight_decay, ge=0)
+
+    def check_optimizer(self, optim: OptimSpec) -> None:
+        """Its own AdamW would leave a chosen optimizer unused: refuse, rather than ignore it."""
+        if self.inner == "adamw" and not optim.is_sgd:
+            raise ConfigError(f"algorithm.inner: adamw is DiLoCo's own AdamW (algorithm.inner_lr, "
+                              f"inner_weight_decay) and would leave {optim.target} unused; set algorithm.inner=optim")
+        if self.inner == "sgd" and not optim.is_sgd:
+            raise ConfigError(f"algorithm.inner: sgd steps with the run's optimizer, here {optim.target}; "
+                              f"set algorithm.inner=optim")
 
     def setup(self, ctx: Context) -> None:
         x = ctx.worker.flat_params()

@@ -48,7 +48,8 @@ def register_configs() -> None:
     from distlib.strategy import STRATEGIES
     cs = ConfigStore.instance()
     cs.store(name="run_defaults", node=schema.run_defaults())
-    cs.store(group="optim", name="sgd", node=schema.asdict_of(schema.OptimConfig))
+    for name, preset in schema.OPTIMIZERS.items():
+        cs.store(group="optim", name=name, node=schema.asdict_of(preset))
     cs.store(group="network", name="ideal", node=schema.asdict_of(schema.NetworkConfig))
     cs.store(group="cluster", name="default", node=schema.asdict_of(schema.ClusterConfig))
     for name in schema.compression_names():
@@ -111,6 +112,11 @@ def validate(cfg: DictConfig) -> "Strategy":
             reg.get(node.name)
     # An algorithm's constants are checked by its constructor, which only builds (no work).
     algo = build_strategy(cfg.algorithm)
+    from distlib.optim import check as check_optim
+    optimizer = check_optim(cfg.optim)     # the class, its options, their values
+    check_optimizer = getattr(algo, "check_optimizer", None)    # strategies that touch optimizer state
+    if check_optimizer is not None:
+        check_optimizer(optimizer)
     compression = (cfg.get("compression") or {}).get("name", "none")
     if compression != "none" and not getattr(algo, "compresses", False):
         raise ConfigError(f"compression: {compression} needs an algorithm that compresses its messages "

@@ -72,7 +72,7 @@ def ft_loop(run: "Run", comm: Communicator) -> dict[str, Any] | None:
     try:
         while (step := comm.manager.current_step()) < run.total_steps:
             ctx.step, ctx.epoch = step, step // run.steps_per_epoch
-            run.lr.apply(worker, ctx.epoch)
+            run.lr.apply(worker, step)
             train_step(ctx, step_fn, loop, run.step_time)
             done = comm.manager.current_step()
             if done == step:

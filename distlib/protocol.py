@@ -7,7 +7,7 @@ pace; the asynchronous loop (:mod:`distlib.async_loop`) drives it. What it adds:
     checkpoint_cut(ctx)   after a step: the step of a checkpoint if the protocol has just
                           stopped every rank at a consistent cut (every rank then saves)
     finish(ctx)           after the last step, on every rank: end the protocol
-    progress(ctx)         the run's progress in epochs, for the learning-rate schedule
+    progress(ctx)         the run's progress in steps per worker, for the learning-rate schedule
 
 A protocol may need ranks that serve instead of training (a parameter server): it sets
 ``service_ranks`` and builds their role in ``make_service``; those extra ranks come after the
@@ -75,8 +75,8 @@ class AsyncStrategy(Strategy):
         return ctx.step < ctx.total_steps
 
     def progress(self, ctx: Context) -> float:
-        """The run's progress in epochs, which the learning-rate schedule follows."""
-        return ctx.epoch
+        """The run's progress in steps per worker, which the learning-rate schedule follows."""
+        return ctx.step
 
     def checkpoint_cut(self, ctx: Context) -> int | None:
         return None

@@ -31,6 +31,7 @@ from distlib.device import comm_dtype, device_kind
 from distlib.faults import FaultSchedule, build_schedule, check_faults, schedule_seed
 from distlib.interrupt import StopPoint
 from distlib.lr import LRSchedule
+from distlib.optim import build_optimizer
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
@@ -87,10 +88,10 @@ class Run:
                       len(self.dataset.train))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
-        self.steps_per_epoch = max(1, per_worker // cfg.batch_size)
+        self.steps_per_epoch = max(1, per_worker // (cfg.batch_size * cfg.get("accumulate", 1)))
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.lr = LRSchedule(cfg.optim.lr, tuple(cfg.optim.milestones or ()), cfg.optim.gamma)
+        self.lr = LRSchedule.from_config(cfg.optim, self.steps_per_epoch, self.total_steps)
         faults = OmegaConf.to_container(cfg.faults, resolve=True) if cfg.get("faults") else None
         if faults:      # refused before any work, one line each (distlib/faults.py)
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
@@ -174,8 +175,9 @@ class Run:
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
         loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
-        worker = Worker(rank, model, lambda m: _optimizer(cfg.optim, m), batches, loss_fn,
-                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)))
+        worker = Worker(rank, model, lambda m: build_optimizer(cfg.optim, m), batches, loss_fn,
+                        precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
+                        accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"))
         role: Role = build_strategy(self._algorithm)
         common = dict(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                       seed=seed_for(cfg.seed, "strategy"), lr=self.lr, workers=cfg.workers,
@@ -318,11 +320,6 @@ def _eval_sample(cfg: DictConfig) -> frozenset[int] | None:
         return None
     pick = np.random.default_rng(seed_for(cfg.seed, "eval")).choice(cfg.workers, size=k, replace=False)
     return frozenset(int(r) for r in pick)
-
-
-def _optimizer(o: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           nesterov=o.get("nesterov", False))
 
 
 def _build_backend(cfg: DictConfig, cluster: ClusterModel, service_ranks: int = 0) -> Backend:

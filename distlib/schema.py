@@ -38,13 +38,54 @@ def rule(default: Any = None, *, gt: float | None = None, ge: float | None = Non
 
 # -- the groups -------------------------------------------------------------------------------
 @dataclass
-class OptimConfig:
+class OptimBase:
+    """What every optimizer preset has. ``_target_`` names the optimizer class, built by
+    ``hydra.utils.instantiate`` with ``_partial_`` (distlib/optim.py); the fields from
+    ``decay_bias_and_norm`` on are distlib's own (groups, schedule, clipping), never the class's."""
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = rule(True, allowed="true (each worker gives the optimizer its own parameters)")
     lr: float = rule(0.05, gt=0)
-    momentum: float = rule(0.9, ge=0, lt=1)
     weight_decay: float = rule(0.0, ge=0)
-    nesterov: bool = False
-    milestones: list[float] = rule([], ge=0)    # epochs at which lr is multiplied by gamma
+    # false: no weight decay on parameters of fewer than 2 dimensions (biases, norm weights)
+    decay_bias_and_norm: bool = True
+    schedule: Literal["step", "constant", "cosine", "linear"] = "step"      # distlib/lr.py
+    milestones: list[float] = rule([], ge=0)    # schedule=step: epochs at which lr is multiplied by gamma
     gamma: float = rule(0.1, gt=0)
+    warmup_steps: int = rule(0, ge=0)           # linear warmup from lr / warmup_steps to lr
+    min_lr: float = rule(0.0, ge=0)             # cosine, linear: the rate at the end of the run
+    clip_grad_norm: Optional[float] = rule(None, gt=0)      # per worker, before the local update
+
+
+@dataclass
+class OptimConfig(OptimBase):
+    """optim=sgd, the default: torch.optim.SGD, momentum 0.9."""
+    momentum: float = rule(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(OptimBase):
+    """optim=adam: torch.optim.Adam (torch's defaults); no decay on biases and norms."""
+    _target_: str = "torch.optim.Adam"
+    lr: float = rule(1e-3, gt=0)
+    decay_bias_and_norm: bool = False
+    betas: list[float] = rule([0.9, 0.999], ge=0, lt=1)
+    eps: float = rule(1e-8, gt=0)
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    """optim=adamw: torch.optim.AdamW (torch's defaults, weight decay 0.01), decoupled weight
+    decay on matrices and embeddings only, as nanoGPT."""
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = rule(0.01, ge=0)
+
+
+#: the optim=NAME presets; any other class: optim._target_=module.Class
+OPTIMIZERS: dict[str, type] = {"sgd": OptimConfig, "adam": AdamConfig, "adamw": AdamWConfig}
+#: the optim fields that distlib reads itself (the rest go to the optimizer class)
+OPTIM_OWN_FIELDS = tuple(f.name for f in dataclasses.fields(OptimBase)
+                         if f.name not in ("lr", "weight_decay"))
 
 
 @dataclass
@@ -143,6 +184,7 @@ class TrainConfig:
     epochs: int = rule(10, ge=1)
     max_steps: Optional[int] = rule(None, ge=1)     # overrides epochs
     batch_size: int = rule(32, ge=1)                # per worker
+    accumulate: int = rule(1, ge=1)                 # micro-batches of batch_size per step (the gradient of their mean loss)
     eval_every: Optional[int] = rule(None, ge=1)    # steps between evaluations; null = once per epoch
     init: Literal["same", "per_worker"] = "same"
     imports: list[str] = rule([])                   # your modules that register strategies, models, ...
@@ -191,10 +233,18 @@ def check(cfg: DictConfig | dict, schema: type = TrainConfig, prefix: str = "") 
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: must be a group of options, got {value!r}")
-            check(value, tp, f"{where}.")
+            for preset in _ALTERNATIVES.get(tp, (tp,)):     # each checks the fields it declares
+                check(value, preset, f"{where}.")
         elif not _accepts(value, tp, bounds):
             raise ConfigError(f"{where}: {_must(value, tp, bounds)}")
     _check_combinations(cfg, schema)
+
+
+#: a group whose node may be any of several presets: its fields are checked against each
+_ALTERNATIVES: dict[type, tuple[type, ...]] = {OptimConfig: (OptimConfig, AdamConfig)}
+#: groups whose keys beyond the schema's are another class's options, checked by that class
+#: (optim: the optimizer's constructor, distlib/optim.py)
+_OPEN_GROUPS = ("optim",)
 
 
 def check_keys(cfg: DictConfig | dict, groups: tuple[str, ...] = ()) -> None:
@@ -214,6 +264,8 @@ def _check_keys(cfg: DictConfig | dict, schema: type, prefix: str, groups: tuple
         if key not in names:
             raise ConfigError(unknown_key(f"{prefix}{key}", [*names, *groups]))
         value = cfg[key]
+        if key in _OPEN_GROUPS and not prefix:
+            continue
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, (dict, DictConfig)):
             _check_keys(value, hints[key], f"{prefix}{key}.", ())
 
@@ -264,6 +316,16 @@ def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
     """Checks that involve several fields of one group."""
     if schema is OptimConfig and cfg.get("nesterov") and not cfg.get("momentum"):
         raise ConfigError("optim.nesterov: needs optim.momentum > 0 (Nesterov is a form of momentum)")
+    if schema is AdamConfig and "betas" in cfg and len(cfg["betas"]) != 2:
+        raise ConfigError(f"optim.betas: must be two numbers [beta1, beta2], got {cfg['betas']!r}")
+    if schema is OptimConfig:   # the fields every preset has, checked once
+        kind = cfg.get("schedule", "step")
+        if kind != "step" and cfg.get("milestones"):
+            raise ConfigError(f"optim.milestones: only for optim.schedule=step, got schedule={kind}; "
+                              f"set optim.milestones=[]")
+        if kind in ("cosine", "linear") and cfg.get("min_lr", 0.0) > cfg.get("lr", 0.0):
+            raise ConfigError(f"optim.min_lr: must be <= optim.lr ({cfg.get('lr')}) for schedule={kind}, "
+                              f"got {cfg.get('min_lr')}")
     if schema is TrainConfig:
         speeds = (cfg.get("cluster") or {}).get("speeds")
         if speeds is not None and cfg.get("workers") is not None and len(speeds) != cfg.get("workers"):

@@ -51,6 +51,11 @@ def train_step(ctx: "Context", strategy: "Strategy", loop: LoopState, step_time:
     if finite:
         loop.last_finite = ctx.loss
     strategy.after_backward(ctx)
+    # optim.clip_grad_norm: on the g_i the local update will use (for AllReduce-SGD the
+    # average, as DDP then clip_grad_norm_ would), whoever applies it
+    clip = getattr(worker, "clip_gradients", None)
+    if clip is not None:
+        clip()
     strategy.local_update(ctx)                      # default: x_i <- x_i - gamma g_i
     strategy.after_step(ctx)
     if finite:      # a skipped float16 step has no loss to average

@@ -22,7 +22,7 @@ def sync_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
         run.stop.begin(comm.rank, step)
         ctx.step, ctx.epoch = step, step // run.steps_per_epoch
         comm.speed = run.cluster.speed(comm.rank, step)     # stragglers and transient slowdowns
-        run.lr.apply(worker, ctx.epoch)
+        run.lr.apply(worker, step)
         if run.faults is None:
             train_step(ctx, strategy, loop, run.step_time)
         else:       # a down worker skips the step (distlib/fault_step.py)

@@ -28,13 +28,18 @@ class Worker:
     Everything lives on the model's device (move the model there first): the flat buffers,
     the optimizer state, the mini-batches (moved there if the stream yields them elsewhere).
     ``precision``: 32, ``bf16-mixed`` or ``16-mixed`` (distlib.device); ``compile``: run
-    the forward pass through ``torch.compile`` (the parameters remain ``model``'s).
+    the forward pass through ``torch.compile`` (the parameters remain ``model``'s);
+    ``accumulate``: micro-batches per step (their mean loss's gradient); ``clip_grad_norm``: the
+    largest norm of g_i that :meth:`clip_gradients` lets through (None: no clipping).
     """
 
     def __init__(self, rank: int, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
                  batches: BatchStream, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 precision: Any = 32, compile: bool = False) -> None:
+                 precision: Any = 32, compile: bool = False, accumulate: int = 1,
+                 clip_grad_norm: float | None = None) -> None:
         self.rank = rank
+        self.accumulate = accumulate
+        self.clip_grad_norm = clip_grad_norm
         self.model = model
         self._flat, self._grad = flatten_module(model)
         self.device = self._flat.device
@@ -66,28 +71,40 @@ class Worker:
 
     # -- the local step --------------------------------------------------------------------
     def forward_backward(self) -> float:
-        """Draw the next mini-batch, compute the loss and the gradient g_i at x_i (unscaled:
-        with a GradScaler, strategies see the true g_i)."""
-        x, y = self.batches.next()
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)    # no-ops when there
+        """Draw the next ``accumulate`` mini-batches, compute their mean loss and its gradient
+        g_i at x_i (unscaled: with a GradScaler, strategies see the true g_i). Each micro-batch
+        is a forward pass of its own: batch norm sees ``accumulate`` batches of ``batch_size``."""
         self.model.train()
         self._grad.zero_()
-        with autocast(self.precision, self.device):
-            loss = self.loss_fn(self._forward(x), y)
-        if self.scaler is None:
-            loss.backward()
-        else:
-            self._scaled_backward(loss)
-        self.last_loss = loss.item()   # .item() synchronises on GPU; needed for logging anyway
+        k = self.accumulate
+        if self.scaler is not None and self._unscaled:  # the last step's optimizer step was not taken here (e.g. async_ps)
+            self.scaler.update()
+        total = None
+        for _ in range(k):
+            x, y = self.batches.next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)    # no-ops when there
+            with autocast(self.precision, self.device):
+                loss = self.loss_fn(self._forward(x), y)
+            if k > 1:       # the mean over micro-batches; with k = 1 the very same ops as without accumulation
+                loss = loss / k
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.scaler is not None:     # unscale once, after the last micro-batch (torch.amp's recipe)
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+            self.overflows = 0 if bool(torch.isfinite(self._grad).all()) else self.overflows + 1
+        assert total is not None
+        self.last_loss = total.item()   # .item() synchronises on GPU; needed for logging anyway
         return self.last_loss
 
-    def _scaled_backward(self, loss: torch.Tensor) -> None:
-        if self._unscaled:      # the last step's optimizer step was not taken here (e.g. async_ps)
-            self.scaler.update()
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        self._unscaled = True
-        self.overflows = 0 if bool(torch.isfinite(self._grad).all()) else self.overflows + 1
+    def clip_gradients(self) -> None:
+        """g_i <- g_i * min(1, c / (||g_i|| + 1e-6)), c = ``clip_grad_norm`` (the formula of
+        torch.nn.utils.clip_grad_norm_, on the flat buffer: one norm, no host sync). g_i is
+        already unscaled under 16-mixed; a non-finite g_i stays non-finite (the step is skipped)."""
+        if self.clip_grad_norm is None:
+            return
+        norm = torch.linalg.vector_norm(self._grad)
+        self._grad.mul_((self.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0))
 
     @property
     def overflowed(self) -> bool:

@@ -11,7 +11,7 @@ from distlib.errors import ConfigError
 
 @pytest.mark.parametrize("overrides,message", [
     (["algorithm=choco_sgd", "algorithm.gamma=0"], r"algorithm.gamma: must be a number in \(0, 1\] or auto, got 0$"),
-    (["algorithm=diloco", "algorithm.inner=adam"], r"algorithm.inner: unknown 'adam'; allowed: adamw, sgd$"),
+    (["algorithm=diloco", "algorithm.inner=adam"], r"algorithm.inner: unknown 'adam'; allowed: adamw, optim, sgd$"),
     (["algorithm=diloco", "algorithm.H=0"], r"algorithm.H: must be an integer >= 1, got 0$"),
     (["algorithm=sgp", "algorithm.graph=ring"], r"algorithm.graph: unknown 'ring'; allowed: directed_exponential, "
                                                 r"topology$"),
