@@ -229,7 +229,9 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
             return (f"{key}: not in the defaults list, so it is added, not overridden: write "
                     f"+{key}={value}")
         from distlib.schema import declared
-        if declared(key) and not key.startswith("faults."):   # an optional field the shipped configs leave out
+        # an optional dataset field the shipped configs leave out (sample_with_replacement, val_fraction);
+        # in other groups a declared field may just not belong to the chosen preset (optim=adam: momentum)
+        if key.startswith("dataset.") and declared(key):
             value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "VALUE")
             return f"{key}: off unless added, so it is added, not overridden: write +{key}={value}"
         keys = _keys_beside(key, argv or [])
