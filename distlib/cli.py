@@ -40,8 +40,14 @@ def run(cfg: DictConfig) -> dict | None:
     if summary is not None and cfg.log.progress:
         final = summary["final"]
         acc = final.get("test_accuracy")
-        console.info(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
-                     f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
+        if "perplexity" in final:    # a language model: its validation figures
+            console.info(f"done: validation loss of the averaged model {final['val_loss']:.4f} (perplexity "
+                         f"{final['perplexity']:.2f}, {final['bits_per_char']:.3f} bits/char, next-token accuracy "
+                         f"{100 * final['val_accuracy']:.2f}%; test loss {final['test_loss']:.4f}) "
+                         f"-> {trainer.run_dir}/summary.json")
+        else:
+            console.info(f"done: test accuracy of the averaged model {100 * acc:.2f}% "
+                         f"(train loss {final['train_loss']:.4f}) -> {trainer.run_dir}/summary.json")
     return summary
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from distlib.lm_metrics import LM_KEYS
 from distlib.record import EvalRecord
 
 #: the summary's ``final`` figures (the last record's)
@@ -37,8 +38,10 @@ class History:
         out = dict(self.header)
         out.update({
             "steps": last.get("step", 0),
+            # with dataset.val_fraction its validation figures; a language model's perplexity,
+            # bits/char and tokens/s
             "final": {**{k: last.get(k) for k in FINAL_KEYS},
-                      **{k: last[k] for k in VAL_KEYS if k in last}},     # with dataset.val_fraction
+                      **{k: last[k] for k in (*VAL_KEYS, *LM_KEYS) if k in last}},
             "comm": {"bytes_sent_per_worker": last.get("bytes_sent_per_worker", []),
                      "bytes_recv_per_worker": last.get("bytes_recv_per_worker", [])},
             "time": {"wall_s": wall_s, "virtual_s": last.get("virtual_s", 0.0)},

@@ -63,6 +63,12 @@ class Progress:
         parts = [f"epoch {r['epoch']:6.2f}", f"step {r['step']:>6}/{self.total_steps}",
                  f"train_loss {r['train_loss']:.4f}" if math.isfinite(r["train_loss"]) else "train_loss (at the end)",
                  f"test_acc {100 * acc:5.2f}%"]
+        if r.get("perplexity") is not None:     # a language model: its validation figures, and tokens/s
+            loss, acc = (r["val_loss"], r["val_accuracy"]) if "val_loss" in r else (r["test_loss"], acc)
+            parts[-1:] = [f"val_loss {loss:.4f}", f"ppl {r['perplexity']:.2f}",
+                          f"bpc {r['bits_per_char']:.3f}", f"next_tok_acc {100 * acc:5.2f}%"]
+            if math.isfinite(r.get("tokens_per_s", math.nan)):
+                parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
         if r.get("consensus_distance") is not None:
             parts.append(f"consensus {r['consensus_distance']:.2e}")
         parts += [f"sent/worker {human_bytes(r['bytes_sent'])}", f"virtual {r['virtual_s']:.1f}s",

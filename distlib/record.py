@@ -40,6 +40,10 @@ class EvalRecord:
     val_accuracy: float | None = None
     live_workers: int | None = None                     # faults=...: workers live at this step
     down_steps_per_worker: list[int] | None = None      # faults=...: steps each worker has been down
+    # a language model (distlib/lm_metrics.py): exp(val_loss, else test_loss), bits per character, training throughput
+    perplexity: float | None = None
+    bits_per_char: float | None = None
+    tokens_per_s: float | None = None
     #: a strategy's own figures (``Report.scalars``), named freely, after the fields above
     extra: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None         # set when logged (a record made earlier brings its own)

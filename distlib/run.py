@@ -10,6 +10,7 @@ and its role (:meth:`start`), and the one evaluator (:meth:`evaluate`). The loop
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from distlib import console, interrupt, preflight
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
+from distlib.compat import check_model_and_data
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, check_batches, partition
@@ -30,6 +32,7 @@ from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
 from distlib.faults import FaultSchedule, build_schedule, check_faults, schedule_seed
 from distlib.interrupt import StopPoint
+from distlib.lm_metrics import Throughput, lm_fields
 from distlib.lr import LRSchedule
 from distlib.optim import build_optimizer
 from distlib.metrics import RunLogger
@@ -40,6 +43,7 @@ from distlib.record import EvalRecord
 from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState
 from distlib.strategy import Context, Report, Strategy
+from distlib.tasks import TASKS
 from distlib.topology import Topology, build_topology
 from distlib.worker import Worker
 
@@ -77,10 +81,18 @@ class Run:
         self.step_time: float | None = cfg.cluster.get("step_time_s")
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
+        builder = DATASETS.get(cfg.dataset.name)
+        # a dataset that cuts its own validation part (text: by position) takes val_fraction itself
+        own_val = "val_fraction" in inspect.signature(builder).parameters
         self.dataset = carve_validation(
             DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha", "shards_per_worker",
-                                                       "val_fraction", "sample_with_replacement")),
-            cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
+                                                       "sample_with_replacement",
+                                                       *(() if own_val else ("val_fraction",)))),
+            0.0 if own_val else cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
+        # a CNN on vectors, an image model on text, ...: one line, before any model is built
+        check_model_and_data(cfg.model.name, MODELS.get(cfg.model.name), self.dataset,
+                             cfg.dataset.get("partition", "iid"))
+        self.task = TASKS[self.dataset.task]
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
@@ -121,6 +133,9 @@ class Run:
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
         self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
         self.eval_ranks = _eval_sample(cfg)
+        # a language model's throughput, measured on rank 0 (distlib/lm_metrics.py)
+        self.throughput = Throughput(n * cfg.batch_size * self.dataset.input_shape[0] * int(cfg.get("accumulate", 1))) \
+            if self.task.name == "language_model" else None
 
     # -- building --------------------------------------------------------------------------
     def start(self, comm: Communicator) -> tuple[Context, Role, LoopState]:
@@ -146,6 +161,8 @@ class Run:
         loop = self.checkpointer.restore(ctx, role, logger) if self.checkpointer.source else LoopState()
         if logger is not None and self.checkpointer.source:
             console.info(f"resumed from step {self.checkpointer.meta['step']} ({self.checkpointer.source})")
+        if logger is not None and self.throughput is not None:
+            self.throughput.resume(loop.step)
         return ctx, role, loop
 
     def logger_of(self, rank: int) -> RunLogger | None:
@@ -174,10 +191,10 @@ class Run:
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
-        loss_fn = nn.functional.cross_entropy if self.dataset.num_classes else nn.functional.mse_loss
-        worker = Worker(rank, model, lambda m: build_optimizer(cfg.optim, m), batches, loss_fn,
+        worker = Worker(rank, model, lambda m: build_optimizer(cfg.optim, m), batches, self.task.loss,
                         precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
-                        accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"))
+                        accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"),
+                        task=self.task)
         role: Role = build_strategy(self._algorithm)
         common = dict(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                       seed=seed_for(cfg.seed, "strategy"), lr=self.lr, workers=cfg.workers,
@@ -241,6 +258,8 @@ class Run:
             else:   # faults: the live workers' mean, what a user of the survivors gets
                 mine = x.detach().clone() if comm.rank in live else torch.zeros_like(x)
                 xbar = comm.all_reduce(mine, op="sum") / len(live)
+            # every worker has finished the step: the end of a stretch of training
+            tokens_per_s = self.throughput.trained(ctx.step + 1) if self.throughput and comm.rank == 0 else None
             if report.window_losses is not None:    # pooled: the sum and count of the window's losses
                 loss_sum, loss_count = float(sum(report.window_losses)), float(len(report.window_losses))
             else:   # the mean of the loop's window (a service rank has no train loss)
@@ -288,7 +307,18 @@ class Run:
             acc = table[:, 0] if self.eval_ranks is None else table[sorted(self.eval_ranks), 0]
             record.worker_accuracy_min, record.worker_accuracy_max = float(acc.min()), float(acc.max())
             record.worker_accuracy_mean = float(acc.mean())
+        if tokens_per_s is not None:
+            self._add_lm_figures(record, tokens_per_s)
+            self.throughput.resume(ctx.step + 1)
         return record, report
+
+    def _add_lm_figures(self, record: EvalRecord, tokens_per_s: float) -> None:
+        """A language model's perplexity, bits per character (of the validation part, else the
+        test part) and tokens/s (distlib/lm_metrics.py)."""
+        split, loss = (self.dataset.val, record.val_loss) if record.val_loss is not None else \
+            (self.dataset.test, record.test_loss)
+        for k, v in lm_fields(loss, getattr(split, "chars_per_token", 1.0), tokens_per_s).items():
+            setattr(record, k, v)
 
     def evaluate_alone(self, worker: Worker, comm: Communicator, params: torch.Tensor | None,
                        step: int) -> EvalRecord:
@@ -299,10 +329,13 @@ class Run:
             test = on_device(self.dataset.test, worker.device)
             ev = worker.evaluate(test, params=params)
             val = self._validate(worker, params)
-        return EvalRecord(step=step, epoch=step / self.steps_per_epoch, train_loss=math.nan, test_loss=ev.loss,
-                          test_accuracy=ev.accuracy, consensus_distance=None, lr=worker.lr(),
-                          bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock,
-                          val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None)
+        record = EvalRecord(step=step, epoch=step / self.steps_per_epoch, train_loss=math.nan, test_loss=ev.loss,
+                            test_accuracy=ev.accuracy, consensus_distance=None, lr=worker.lr(),
+                            bytes_sent=0.0, bytes_recv=0.0, virtual_s=comm.counters.clock,
+                            val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None)
+        if self.throughput is not None:     # no tokens/s here: the server does not see the workers' steps
+            self._add_lm_figures(record, math.nan)
+        return record
 
     def _validate(self, worker: Worker, params: torch.Tensor | None):
         """The validation figures of ``params`` (``dataset.val_fraction``), or None without a

@@ -113,7 +113,7 @@ class DatasetConfig:
     split_seed: int = rule(0, ge=0)
     # held out of the training part for validation (val_accuracy; what sweeps tune on); 0: none
     val_fraction: float = rule(0.0, ge=0, lt=1)
-    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    partition: Literal["iid", "dirichlet", "shards", "contiguous"] = "iid"
     alpha: float = rule(0.5, gt=0)              # Dirichlet concentration
     shards_per_worker: int = rule(2, ge=1)
     # a shard smaller than batch_size: refused, or (true) its batches repeat its samples. Not in

@@ -23,7 +23,8 @@ TB_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "test_loss": "test/loss
            "worker_accuracy_min": "test/worker_accuracy_min",
            "worker_accuracy_max": "test/worker_accuracy_max", "worker_accuracy_mean": "test/worker_accuracy_mean",
            "consensus_distance": "consensus/distance", "bytes_sent": "comm/bytes_sent_per_worker",
-           "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s"}
+           "bytes_recv": "comm/bytes_recv_per_worker", "virtual_s": "time/virtual_s", "wall_s": "time/wall_s",
+           "perplexity": "test/perplexity", "bits_per_char": "test/bits_per_char", "tokens_per_s": "time/tokens_per_s"}
 
 
 def tb_tag(key: str) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 from distlib.data.datasets import BatchStream, Split
 from distlib.device import autocast, grad_scaler
 from distlib.flat import flatten_module
+from distlib.tasks import TASKS, Task
 
 #: float16 steps skipped in a row, beyond which a non-finite loss is divergence, not overflow
 #: (the GradScaler has by then divided its scale by 2^30)
@@ -19,7 +20,8 @@ MAX_OVERFLOWS = 30
 @dataclass
 class EvalResult:
     loss: float
-    accuracy: float     # fraction in [0, 1]; NaN for regression tasks
+    accuracy: float     # fraction in [0, 1] (a language model's: of next tokens); NaN for regression tasks
+    count: int = 0      # predictions evaluated (samples; tokens for a language model)
 
 
 class Worker:
@@ -31,12 +33,14 @@ class Worker:
     the forward pass through ``torch.compile`` (the parameters remain ``model``'s);
     ``accumulate``: micro-batches per step (their mean loss's gradient); ``clip_grad_norm``: the
     largest norm of g_i that :meth:`clip_gradients` lets through (None: no clipping).
+    ``task`` (distlib/tasks.py) says how evaluation counts predictions and correct ones;
+    None: by ``loss_fn``, with argmax accuracy when the data has classes.
     """
 
     def __init__(self, rank: int, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
                  batches: BatchStream, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
                  precision: Any = 32, compile: bool = False, accumulate: int = 1,
-                 clip_grad_norm: float | None = None) -> None:
+                 clip_grad_norm: float | None = None, task: Task | None = None) -> None:
         self.rank = rank
         self.accumulate = accumulate
         self.clip_grad_norm = clip_grad_norm
@@ -46,6 +50,7 @@ class Worker:
         self.optimizer = make_optimizer(model)
         self.batches = batches
         self.loss_fn = loss_fn
+        self.task = task
         self.last_loss = float("nan")
         self.precision = precision
         # torch.compile caches by code, and with parameters as graph inputs (torch >= 2.5) the
@@ -141,18 +146,20 @@ class Worker:
             self._flat.copy_(params)
         try:
             self.model.eval()
+            task = self.task or TASKS["classification" if data.num_classes else "regression"]
             total_loss, correct, count = 0.0, 0, 0
             for x, y in data.eval_batches(batch_size):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with autocast(self.precision, self.device):
                     out = self._forward(x)
                     loss = self.loss_fn(out, y)
-                total_loss += float(loss) * len(y)
-                if data.num_classes:
-                    correct += int((out.argmax(1) == y).sum())
-                count += len(y)
-            acc = correct / count if data.num_classes else float("nan")
-            return EvalResult(total_loss / max(count, 1), acc)
+                k = task.count(y)       # the loss is a mean over k predictions
+                total_loss += float(loss) * k
+                if task.correct is not None:
+                    correct += int(task.correct(out, y))
+                count += k
+            acc = correct / count if task.correct is not None and count else float("nan")
+            return EvalResult(total_loss / max(count, 1), acc, count)
         finally:
             if saved is not None:
                 self._flat.copy_(saved)

@@ -39,7 +39,7 @@ ROWS: list[tuple[list[str], str]] = [
     (["compile=maybe"], "compile: must be true or false, got 'maybe'"),
     (["deterministic=1"], "deterministic: must be true or false, got 1"),
     (["comm.dtype=int8"], "comm.dtype: unknown 'int8'; allowed: float32, bfloat16, float16"),
-    (["lrr=0.1"], "lrr: unknown config key; the keys are: algorithm, backend, batch_size, checkpoint, "),
+    (["lrr=0.1"], "lrr: unknown config key; the keys are: "),
     (["+wokers=4"], "wokers: unknown config key; did you mean 'workers'?"),
     # -- optim -------------------------------------------------------------------------------------
     (["optim.lr=0"], "optim.lr: must be > 0, got 0"),

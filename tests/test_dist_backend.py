@@ -126,6 +126,50 @@ def test_same_history_parameters_and_bytes_as_simulated(dist_runs: Path, overrid
         assert (x - trainer.workers[r].flat_params()).abs().max() < 1e-5, f"rank {r}"
 
 
+#: The language model with AdamW, on 2 processes: a tiny GPT on the default corpus (dataset=text).
+LM_RUN = ("model=gpt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+          "dataset=text", "dataset.block_size=16", "optim=adamw", "optim.schedule=cosine", "optim.warmup_steps=2",
+          "workers=2", "batch_size=8", "max_steps=6", "eval_every=3", "seed=3", "log.progress=false",
+          "log.tensorboard=false", "eval.per_worker=false")
+#: Both backends must agree on each, like EQUIVALENCE.
+LM_EQUIVALENCE = [
+    ["algorithm=allreduce_sgd"],
+    ["algorithm=diloco", "algorithm.H=2", "algorithm.inner=optim"],
+]
+
+
+@pytest.fixture(scope="module")
+def lm_dist_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-process job: every LM_EQUIVALENCE case on backend=torch."""
+    tmp = tmp_path_factory.mktemp("dist_lm")
+    cases = [{"overrides": [*LM_RUN, *ov, "backend=torch", "backend.dist=gloo", "backend.timeout_s=60"],
+              "run_dir": str(tmp / f"case{i}")} for i, ov in enumerate(LM_EQUIVALENCE)]
+    with Ranks(tmp, {"cases": cases, "own_group": True}, world=2) as job:
+        codes = job.wait(timeout=240)
+        assert codes == [0, 0], job.output(codes.index(max(codes, key=abs)))
+    return tmp
+
+
+@pytest.mark.parametrize("overrides", LM_EQUIVALENCE, ids=lambda ov: ov[0].split("=")[1])
+def test_language_model_with_adamw_same_as_simulated(lm_dist_runs: Path, overrides: list[str],
+                                                     tmp_path: Path) -> None:
+    """sim == gloo for the GPT with AdamW (and its warmup + cosine schedule): history, the
+    language-model figures, bytes and the final parameters."""
+    i = LM_EQUIVALENCE.index(overrides)
+    trainer, sim = run_training(make_cfg(*LM_RUN, *overrides, "backend=sim"), tmp_path)
+    real = json.loads((lm_dist_runs / f"case{i}" / "summary.json").read_text())
+    assert [h["step"] for h in real["history"]] == [h["step"] for h in sim["history"]]
+    for a, b in zip(real["history"], sim["history"]):
+        for key in ("train_loss", "val_loss", "test_loss", "perplexity", "bits_per_char", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a["step"])
+        assert a["bytes_sent"] == b["bytes_sent"] and a["bytes_recv"] == b["bytes_recv"], a["step"]
+    assert real["comm"] == sim["comm"]
+    assert set(real) == set(sim) and set(real["history"][-1]) == set(sim["history"][-1])
+    for r in range(2):
+        x = torch.load(lm_dist_runs / f"case{i}" / f"params_{r}.pt")
+        assert (x - trainer.workers[r].flat_params()).abs().max() < 1e-5, f"rank {r}"
+
+
 def test_torchrun_cli_writes_one_run_dir_like_the_simulator(tmp_path: Path) -> None:
     overrides = [*RUN, "algorithm=dpsgd", "topology=ring", "eval.per_worker=true", "log.tensorboard=true"]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}",

@@ -17,7 +17,7 @@ from distlib.config import build_strategy, params_of as _params
 PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
 #: input shapes of the datasets the presets use (so a test needs no CIFAR files)
 SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "mnist": ((1, 28, 28), 10),
-          "mnist1d": ((1, 40), 10)}
+          "mnist1d": ((1, 40), 10), "text": ((64,), 103)}
 
 
 def test_the_promised_presets_exist():
@@ -36,8 +36,24 @@ def test_preset_composes_and_its_model_runs_a_tiny_batch(name):
     model = MODELS.build(cfg.model.name, _params(cfg.model), input_shape=shape, num_classes=classes)
     model.eval()
     with torch.no_grad():
-        out = model(torch.randn(2, *shape))
-    assert out.shape == (2, classes) and torch.isfinite(out).all()
+        if cfg.dataset.name == "text":      # token ids in, next-token logits at every position out
+            out = model(torch.randint(0, classes, (2, *shape)))
+            assert out.shape == (2, *shape, classes)
+        else:
+            out = model(torch.randn(2, *shape))
+            assert out.shape == (2, classes)
+    assert torch.isfinite(out).all()
+
+
+def test_lm_diloco_preset_holds_its_values():
+    """8 workers, the GPT on text, AdamW (weight decay off biases and norms) with warmup and
+    cosine as DiLoCo's inner optimizer, the paper's outer Nesterov (0.7, 0.9)."""
+    c = make_cfg("+experiment=lm_diloco")
+    assert (c.workers, c.model.name, c.dataset.name) == (8, "gpt", "text")
+    assert (c.algorithm.name, c.algorithm.inner, c.algorithm.outer_lr, c.algorithm.outer_momentum) == \
+        ("diloco", "optim", 0.7, 0.9)
+    assert c.optim._target_ == "torch.optim.AdamW" and c.optim.decay_bias_and_norm is False
+    assert c.optim.schedule == "cosine" and c.optim.warmup_steps > 0
 
 
 def test_paper_preset_holds_the_published_values():

@@ -23,6 +23,7 @@ X_AXES = (("epoch", "epoch", 1.0), ("bytes_sent", "MB sent per worker", 1e-6),
 #: y quantities: (history key, axis label, scale, log scale)
 ACCURACY = ("test_accuracy", "test accuracy of the averaged model (%)", 100.0, False)
 TRAIN_LOSS = ("train_loss", "train loss (mean over workers)", 1.0, False)
+VAL_LOSS = ("val_loss", "validation loss of the averaged model (nats/token)", 1.0, False)
 CONSENSUS = ("consensus_distance", "consensus distance  mean ||x_i - x̄||²", 1.0, True)
 
 
@@ -65,13 +66,16 @@ def _figure(groups: list[Group], setting: str, y: tuple, xs: tuple, path: Path) 
 
 
 def plot_setting(groups: list[Group], setting: str, out: Path) -> list[Path]:
-    """Accuracy and train loss against epoch, bytes and virtual time; consensus against step."""
+    """Accuracy and train loss against epoch, bytes and virtual time (language models: the
+    validation loss too); consensus against step."""
     stem = slug(setting)
     paths = []
     if any(math.isfinite(h.get("test_accuracy") or math.nan) for g in groups for r in g.runs
            for h in r.summary["history"]):
         paths.append(_figure(groups, setting, ACCURACY, X_AXES, out / f"{stem}__test_accuracy.png"))
     paths.append(_figure(groups, setting, TRAIN_LOSS, X_AXES, out / f"{stem}__train_loss.png"))
+    if any("perplexity" in h for g in groups for r in g.runs for h in r.summary["history"]):
+        paths.append(_figure(groups, setting, VAL_LOSS, X_AXES, out / f"{stem}__val_loss.png"))
     paths.append(_figure(groups, setting, CONSENSUS, (("step", "step", 1.0),), out / f"{stem}__consensus.png"))
     return paths
 
@@ -100,6 +104,36 @@ def plot_overview(groups: list[Group], out: Path, key: str = "test_accuracy") ->
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = out / f"final_{key}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_final_vs_bytes(groups: list[Group], out: Path, key: str = "val_loss",
+                        label: str = "final validation loss (nats/token)") -> Path | None:
+    """Each group's final ``key`` against its MB sent per worker (mean ± std over seeds), the
+    bytes on a log axis: what a method buys with its communication (language models:
+    ``final_val_loss_vs_mb.png``)."""
+    from distlib.compare.stats import final
+    plt = pyplot(FIGURES, NO_PLOTS)
+
+    points = [(g, final(g, key), final(g, "bytes_sent")) for g in groups]
+    points = [(g, y, b) for g, y, b in points if y.n and b.n and b.mean > 0]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for g, y, b in points:
+        ax.errorbar(b.mean * 1e-6, y.mean, yerr=y.std, fmt="o", capsize=3,
+                    label=f"{g.algorithm}" + (f" [{g.setting}]" if g.setting != "all runs" else "")
+                    + f" (n={y.n})")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB sent per worker (log scale)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label.split(' (')[0]} against communication (mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out / f"final_{key}_vs_mb.png"
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path

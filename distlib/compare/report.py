@@ -4,9 +4,10 @@ Writes into ``--out``: one PNG per setting for test accuracy, train loss (each a
 epoch, MB sent and virtual time) and consensus distance (against step), one bar chart of
 every group's final accuracy (``final_test_accuracy.png``); ``table.md`` (final
 accuracy and loss, traffic, virtual time, and the steps, MB and virtual seconds to reach
-each ``--target`` accuracy, mean ± std over seeds); ``table.json`` with the same numbers
-unrounded; and, when runs recorded leader shares and shard sizes (AL-DSGD),
-``leaders.md`` / ``leaders.json``: how the best-leader choices relate to the shard sizes.
+each ``--target`` accuracy, mean ± std over seeds; for language models also the final
+validation loss and perplexity); ``table.json`` with the same numbers unrounded; and, when runs recorded leader shares and shard sizes (AL-DSGD),
+``leaders.md`` / ``leaders.json``: how the best-leader choices relate to the shard sizes;
+for language models, ``final_val_loss_vs_mb.png``: final validation loss against MB sent.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from distlib.errors import ConfigError
 
 COLUMNS = ("setting", "algorithm", "seeds", "diverged", "final test acc (%)", "final train loss", "MB sent / worker",
            "virtual time (s)")
+#: after COLUMNS when the runs are language models
+LM_COLUMNS = ("final val loss", "final perplexity")
 #: per target accuracy t: (column title, row key, scale, digits)
 TARGET_COLUMNS = (("steps to {t}", "step", 1, 0), ("MB to {t}", "bytes_sent", 1e-6, 3),
                   ("virtual s to {t}", "virtual_s", 1, 3))
@@ -46,6 +49,7 @@ def rows(groups: list[Group], targets: float | Sequence[float]) -> list[dict[str
         out.append({"setting": g.setting, "algorithm": g.algorithm, "seeds": g.seeds,
                     "runs": [str(r.path) for r in g.runs], "diverged_seeds": [r.seed for r in g.diverged],
                     "final_test_accuracy": final(g, "test_accuracy"), "final_train_loss": final(g, "train_loss"),
+                    "final_val_loss": final(g, "val_loss"), "final_perplexity": final(g, "perplexity"),
                     "bytes_sent": final(g, "bytes_sent"), "virtual_s": final(g, "virtual_s"),
                     "to_target": [{"target": t, **hit} for t, hit in zip(targets, hits)],
                     "target": targets[0], "steps_to_target": hits[0]["step"],
@@ -55,8 +59,9 @@ def rows(groups: list[Group], targets: float | Sequence[float]) -> list[dict[str
 
 def markdown(table: list[dict[str, Any]], targets: float | Sequence[float]) -> str:
     targets = _targets(targets)
-    cols = list(COLUMNS) + [c.format(t=_pct(t)) for t in targets for c, *_ in TARGET_COLUMNS] + \
-        [f"reached {_pct(t)}" for t in targets]
+    lm = any(r["final_perplexity"].n for r in table)    # language models: validation loss and perplexity too
+    cols = list(COLUMNS) + (list(LM_COLUMNS) if lm else []) + \
+        [c.format(t=_pct(t)) for t in targets for c, *_ in TARGET_COLUMNS] + [f"reached {_pct(t)}" for t in targets]
     lines = [f"Mean ± std over seeds. Target accuracies: {', '.join(map(_pct, targets))} (test accuracy of "
              "the averaged model); a 'to target' column averages the seeds that reached it, 'reached' counts them. "
              "Seeds that diverged (NaN loss) are counted under 'diverged' and left out of every other column.",
@@ -66,6 +71,8 @@ def markdown(table: list[dict[str, Any]], targets: float | Sequence[float]) -> s
         cells = [r["setting"], r["algorithm"], str(n), f"{len(r['diverged_seeds'])}/{n + len(r['diverged_seeds'])}",
                  r["final_test_accuracy"].fmt(100), r["final_train_loss"].fmt(1, 4),
                  r["bytes_sent"].fmt(1e-6, 3), r["virtual_s"].fmt(1, 3)]
+        if lm:
+            cells += [r["final_val_loss"].fmt(1, 4), r["final_perplexity"].fmt(1, 3)]
         cells += [hit[key].fmt(scale, digits) for hit in r["to_target"] for _, key, scale, digits in TARGET_COLUMNS]
         cells += [f"{hit['step'].n}/{n}" for hit in r["to_target"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -131,10 +138,12 @@ def compare(paths: list[str | Path], out: str | Path, target: float | Sequence[f
         (out / "leaders.json").write_text(json.dumps(_jsonable(leaders), indent=1))
     figures: list[Path] = []
     if plots:
-        from distlib.compare.plots import plot_overview, plot_setting
+        from distlib.compare.plots import plot_final_vs_bytes, plot_overview, plot_setting
         for setting in dict.fromkeys(g.setting for g in groups):
             figures += plot_setting([g for g in groups if g.setting == setting], setting, out)
         figures += [p for p in [plot_overview(groups, out)] if p is not None]
+        if any(r["final_perplexity"].n for r in table):     # language models: loss against bytes
+            figures += [p for p in [plot_final_vs_bytes(groups, out)] if p is not None]
     return {"runs": len(runs), "groups": len(groups), "table": out / "table.md", "figures": figures}
 
 

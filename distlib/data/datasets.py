@@ -16,7 +16,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -94,14 +94,27 @@ class Dataset:
     train: Split
     test: Split
     input_shape: tuple[int, ...]
-    num_classes: int    # 0 for regression
+    num_classes: int    # 0 for regression; a language model's vocabulary size
     name: str = ""
     #: held out of ``train`` by :func:`carve_validation` (``dataset.val_fraction``); None: no validation
     val: Split | None = None
+    #: what the model is asked to do (distlib/tasks.py): its loss and its accuracy;
+    #: "" means classification, or regression when num_classes is 0
+    task: str = ""
+    #: a text dataset's tokenizer (``encode``, ``decode``, ``vocab_size``), or None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            self.task = "classification" if self.num_classes else "regression"
 
     @property
-    def task(self) -> str:
-        return "classification" if self.num_classes else "regression"
+    def input_kind(self) -> str:
+        """What one sample is, for the model/dataset check (distlib/compat.py): ``tokens`` (a
+        sequence of token ids), ``image`` (C, H, W), ``signal`` (C, L) or ``vector`` (D,)."""
+        if self.task == "language_model":
+            return "tokens"
+        return {3: "image", 2: "signal"}.get(len(self.input_shape), "vector")
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", "dataset")

@@ -6,7 +6,7 @@ import math
 from torch import nn
 
 from distlib.errors import ConfigError
-from distlib.models import MODELS
+from distlib.models import MODELS, accepts
 from distlib.options import integer, number
 
 
@@ -20,6 +20,7 @@ def _widths(where: str, value: object) -> list[int]:
 
 
 @MODELS.register("mlp")
+@accepts("image", "signal", "vector")
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (200,),
         dropout: float = 0.0) -> nn.Module:
     """Fully connected network; with ``hidden=[]`` it is linear / logistic regression."""
@@ -37,6 +38,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] 
 
 
 @MODELS.register("cnn")
+@accepts("image")
 def small_cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] | list[int] = (16, 32),
               hidden: int = 128, dropout: float = 0.25) -> nn.Module:
     """Two conv-pool blocks and two linear layers (about 0.2M parameters on 28x28 input)."""
@@ -59,6 +61,7 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[in
 
 
 @MODELS.register("cnn1d")
+@accepts("signal")
 def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 25) -> nn.Module:
     """MNIST-1D's convolutional baseline (Greydanus 2020): three ReLU convolutions of stride 2
     (kernels 5, 3, 3; padding 1) and a linear classifier; 5,210 parameters on 40 points.

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distlib.errors import ConfigError
-from distlib.models import MODELS
+from distlib.models import MODELS, accepts
 
 SHORTCUTS = ("A", "B")
 
@@ -126,6 +126,7 @@ def _channels(input_shape: tuple[int, ...]) -> int:
 
 
 @MODELS.register("resnet_cifar")
+@accepts("image")
 def resnet_cifar(input_shape: tuple[int, ...], num_classes: int, depth: int = 20, shortcut: str = "A") -> nn.Module:
     """He et al.'s CIFAR ResNet of ``depth`` = 6n + 2 layers (20, 32, 44, 56, 110, ...)."""
     if depth < 8 or (depth - 2) % 6:
@@ -136,18 +137,21 @@ def resnet_cifar(input_shape: tuple[int, ...], num_classes: int, depth: int = 20
 
 
 @MODELS.register("resnet20")
+@accepts("image")
 def resnet20(input_shape: tuple[int, ...], num_classes: int, shortcut: str = "A") -> nn.Module:
     """CIFAR ResNet-20 (0.27M parameters)."""
     return resnet_cifar(input_shape, num_classes, 20, shortcut)
 
 
 @MODELS.register("resnet56")
+@accepts("image")
 def resnet56(input_shape: tuple[int, ...], num_classes: int, shortcut: str = "A") -> nn.Module:
     """CIFAR ResNet-56 (0.85M parameters)."""
     return resnet_cifar(input_shape, num_classes, 56, shortcut)
 
 
 @MODELS.register("resnet50")
+@accepts("image")
 def resnet50(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Bottleneck ResNet-50 for 32x32 images (23.5M parameters with 10 classes)."""
     return BottleneckResNet(_channels(input_shape), num_classes)

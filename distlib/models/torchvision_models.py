@@ -9,10 +9,11 @@ from typing import Any
 from torch import nn
 
 from distlib.errors import ConfigError
-from distlib.models import MODELS
+from distlib.models import MODELS, accepts
 
 
 @MODELS.register("torchvision")
+@accepts("image")
 def torchvision_model(input_shape: tuple[int, ...], num_classes: int, arch: str = "resnet18",
                       **kwargs: Any) -> nn.Module:
     """``torchvision.models.get_model(arch, weights=None, num_classes=...)``; other kwargs pass through."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distlib.errors import ConfigError
-from distlib.models import MODELS
+from distlib.models import MODELS, accepts
 from distlib.models.resnet_cifar import _channels
 
 
@@ -57,6 +57,7 @@ class WideResNet(nn.Module):
 
 
 @MODELS.register("wide_resnet")
+@accepts("image")
 def wide_resnet(input_shape: tuple[int, ...], num_classes: int, depth: int = 28, widen_factor: int = 10,
                 dropout: float = 0.0) -> nn.Module:
     """WRN-depth-k; the defaults give WRN-28-10 (36.5M parameters)."""
@@ -70,6 +71,7 @@ def wide_resnet(input_shape: tuple[int, ...], num_classes: int, depth: int = 28,
 
 
 @MODELS.register("wrn28_10")
+@accepts("image")
 def wrn28_10(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> nn.Module:
     """WRN-28-10, as in MATCHA's CIFAR-100 experiments."""
     return wide_resnet(input_shape, num_classes, 28, 10, dropout)
