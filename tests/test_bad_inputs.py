@@ -210,7 +210,8 @@ ROWS: list[tuple[list[str], str]] = [
     (["model=cnn", "dataset=mnist", "model.hidden=0"], "model.hidden: must be an integer >= 1, got 0"),
     (["model=cnn", "dataset=mnist", "model.dropout=1.5"], "model.dropout: must be a number >= 0 and < 1, got 1.5"),
     (["model=cnn", "dataset=mnist", "model.channels=[16]"], "model.channels: must be two integers >= 1, got [16]"),
-    (["model=cnn"], "model=cnn: needs images (channels, height, width), got input shape (20,)"),
+    (["model=cnn"], "model: cnn takes images (C, H, W) but dataset synthetic gives vectors (D,) of shape (20,); "
+                    "models for this dataset: mlp"),
     (["model=nope"], "model: unknown option 'nope'; available:"),
     (["model.name=nope"], "model: unknown model 'nope'; available:"),
     (["model.hiddn=[8]"], "model.hiddn: unknown config key; did you mean 'model.hidden'?"),
