@@ -23,7 +23,7 @@ _EXPORTS = {
     "DATASETS": "distlib.data", "Batches": "distlib.data", "DataSplit": "distlib.data", "Dataset": "distlib.data",
     "partition": "distlib.data", "MODELS": "distlib.models",
     "CheckpointError": "distlib.errors", "CommError": "distlib.errors", "ConfigError": "distlib.errors",
-    "DeadlockError": "distlib.errors", "DivergenceError": "distlib.errors",
+    "CheckpointWriteError": "distlib.errors", "DeadlockError": "distlib.errors", "DivergenceError": "distlib.errors",
     "MixPlan": "distlib.averaging", "WeightCache": "distlib.averaging", "gossip": "distlib.averaging",
     "mix_into": "distlib.averaging", "LEADER_METRICS": "distlib.leaders", "select_leader": "distlib.leaders",
     "Registry": "distlib.registry", "GRAPHS": "distlib.topology", "Graph": "distlib.topology",

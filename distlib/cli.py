@@ -13,8 +13,8 @@ from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from distlib import console
-from distlib.errors import CommError, ConfigError, DivergenceError
-from distlib.options import unknown_key
+from distlib.errors import CheckpointWriteError, CommError, ConfigError, DivergenceError
+from distlib.options import imports_hint, unknown_key
 from distlib.sweep import register_resolvers
 
 # At import, not in main(): the joblib and submitit launchers run each job in a fresh process
@@ -98,12 +98,19 @@ def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
     return {k: mine[k] for k in keys if k in mine}
 
 
+#: set once Hydra has made the run directory and calls the task: an OSError before that is
+#: Hydra failing to make or write ``hydra.run.dir``
+_TASK_STARTED = False
+
+
 @hydra.main(version_base="1.3", config_path="pkg://distlib.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Returns the final validation accuracy (with ``dataset.val_fraction``; what a tuning
     sweeper such as Optuna maximises), else None."""
     from hydra.types import RunMode
 
+    global _TASK_STARTED
+    _TASK_STARTED = True
     from distlib.comm import heartbeat
     from distlib.interrupt import Interrupted
     from distlib.sweep import objective, record_divergence
@@ -140,6 +147,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                               OmegaConf.to_container(cfg, resolve=True))
             return 0.0
         sys.exit(3)
+    except CheckpointWriteError as e:
+        # The disk filled (or a mount went away) after the preflight: the previous checkpoint is kept.
+        console.error(f"checkpoint write failed: {e}")
+        sys.exit(1)
     except CommError as e:
         # A peer died (or froze, or called something else): one line naming it, and how to go on.
         console.error(f"{' '.join(str(e).split())}; resume with: {resume_command(cfg)}")
@@ -162,10 +173,18 @@ def main() -> None:
     previous = interrupt.install()     # SIGINT / SIGTERM: finish the step, checkpoint, exit 130 / 143
     argv = sys.argv[1:]
     sys.argv += rank_hydra_overrides(argv)     # under torchrun, only rank 0 writes files
+    global _TASK_STARTED
+    _TASK_STARTED = False
     try:
         _hydra_main()
     except CompactHydraException as e:     # composition and override-syntax errors
         print(f"config error: {_one_line(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, ValueError) as e:
+        if _TASK_STARTED:
+            raise
+        # Hydra could not make the run directory, or write its .hydra/ copy or log file there.
+        print(f"config error: {_run_dir_line(e, argv)}", file=sys.stderr)
         sys.exit(2)
     finally:
         interrupt.uninstall(previous)
@@ -190,12 +209,37 @@ def rank_hydra_overrides(argv: list[str], environ: dict[str, str] | None = None)
     return extra
 
 
+def _run_dir_line(e: BaseException, argv: list[str]) -> str:
+    """``hydra.run.dir: /x is a file, not a directory`` for Hydra's failure to set up the run
+    directory (it raises OSError from mkdir, or ValueError when the log file cannot be opened)."""
+    while isinstance(e, ValueError) and e.__cause__ is not None:     # logging.config wraps the OSError
+        e = e.__cause__
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    field = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(field + "=")), None)
+    where = getattr(e, "filename", None) or given or "the run directory"
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        return f"{field}: {where} is a file, or lies under one; give a directory"
+    reason = (getattr(e, "strerror", None) or " ".join(str(e).split())).lower()
+    return f"{field}: cannot write {where}: {reason}; give a writable directory"
+
+
 def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
     """``algorithm: unknown option 'nope'; available: a, b`` for a wrong config group option;
     ``optim.lrr: unknown config key; did you mean 'optim.lr'?`` for a key that does not exist."""
     missing = re.match(r"Could not override '([^']+)'", str(e))
     if missing:
         key = missing.group(1)
+        if "." not in key and key in _optional_groups():     # experiment=x: a group not in the defaults
+            value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "NAME")
+            return (f"{key}: not in the defaults list, so it is added, not overridden: write "
+                    f"+{key}={value}")
+        from distlib.schema import declared
+        # an optional dataset field the shipped configs leave out (sample_with_replacement, val_fraction);
+        # in other groups a declared field may just not belong to the chosen preset (optim=adam: momentum)
+        if key.startswith("dataset.") and declared(key):
+            value = next((a.split("=", 1)[1] for a in argv or [] if a.split("=", 1)[0] == key), "VALUE")
+            return f"{key}: off unless added, so it is added, not overridden: write +{key}={value}"
         keys = _keys_beside(key, argv or [])
         if not keys and key.startswith("faults."):     # the group is off by default (no faults)
             return f"{key}: no faults group chosen; choose one first: faults=crash, churn or links"
@@ -203,14 +247,14 @@ def _one_line(e: CompactHydraException, argv: list[str] | None = None) -> str:
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file \
             and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
-        return f"{group}: unknown option {name!r}; available: {', '.join(e.options)}"
+        hint = imports_hint(name)
+        if hint:    # a group option needs its yaml too, besides the module
+            hint += f" and --config-dir DIR holding {group}/{name}.yaml (docs/writing-a-strategy.md)"
+        return f"{group}: unknown option {name!r}; available: {', '.join(e.options)}{hint}"
     cause = str(e.__cause__).splitlines()[0] if e.__cause__ is not None and str(e.__cause__) else ""
     text = str(e) + (f" ({cause})" if cause else "")
     return " ".join(text.split())
 
-
-if __name__ == "__main__":
-    main()
 
 
 def _keys_beside(key: str, argv: list[str]) -> list[str]:
@@ -219,15 +263,58 @@ def _keys_beside(key: str, argv: list[str]) -> list[str]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     group = key.rpartition(".")[0]
-    rest = [a for a in argv if "=" in a and not a.startswith("-") and a.split("=", 1)[0].lstrip("+~") != key
+    rest = [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")
+            and a.split("=", 1)[0].lstrip("+~") != key
             and not a.lstrip("+~").startswith("hydra.") and not a.lstrip("+~").startswith("hydra/")]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
             cfg = compose(config_name="train", overrides=rest)
         node = OmegaConf.select(cfg, group) if group else cfg
-        return [str(k) for k in node] if isinstance(node, DictConfig) else []
-    except Exception:     # the other overrides are wrong too: a suggestion is only a nicety
-        return []
+        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    except Exception:     # the other overrides are wrong too (or name a config of the user's)
+        keys = []
     finally:
         GlobalHydra.instance().clear()
+    if len(keys) > 1 and not any(a.lstrip("+").startswith(f"{group}._target_=") for a in argv):
+        return keys
+    return _component_keys(group, argv) or keys     # a user's class: its constructor's options
+
+
+def _component_keys(group: str, argv: list[str]) -> list[str]:
+    """The options of the component ``group`` selects on the command line (``algorithm=NAME``,
+    ``algorithm.name=NAME`` or ``+algorithm._target_=mod.Class``), from its constructor, after
+    importing the modules ``imports=[...]`` names: a user's own strategy, whose config node
+    the package's configs cannot compose."""
+    from distlib.config import COMPONENT_GROUPS
+    if group not in COMPONENT_GROUPS:
+        return []
+    given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in argv if "=" in a}
+    mods = [m.strip(" '\"") for m in given.get("imports", "").strip("[]").split(",") if m.strip(" '\"")]
+    try:
+        import importlib
+        if mods and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        for mod in mods:
+            importlib.import_module(mod)
+        from distlib.config import component_registries
+        from distlib.registry import defaults_of
+        if f"{group}._target_" in given:
+            from hydra.utils import get_class
+            factory = get_class(given[f"{group}._target_"])
+        else:
+            factory = component_registries()[group].get(given.get(group) or given[f"{group}.name"])
+        return [f"{group}.{k}" for k in ("name", *defaults_of(factory))]
+    except Exception:     # noqa: BLE001  (a suggestion is only a nicety)
+        return []
+
+
+def _optional_groups() -> list[str]:
+    """Config groups of the package that are not in the defaults list (``experiment``)."""
+    from importlib.resources import files
+    root = files("distlib.configs")
+    return [p.name for p in root.iterdir() if p.is_dir() and p.name == "experiment"]
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,17 @@ def register_configs() -> None:
     _stored = names
 
 
+def component_registries() -> dict[str, Any]:
+    """The registry each component group names its classes in."""
+    from distlib.comm.base import BACKENDS
+    from distlib.data import DATASETS
+    from distlib.models import MODELS
+    from distlib.strategy import STRATEGIES
+    from distlib.topology import TOPOLOGIES
+    return {"algorithm": STRATEGIES, "model": MODELS, "dataset": DATASETS, "backend": BACKENDS,
+            "topology": TOPOLOGIES}
+
+
 def import_plugins(cfg: DictConfig) -> None:
     """Import the user's modules listed in ``imports`` so their registrations take effect.
 
@@ -128,6 +139,7 @@ def validate(cfg: DictConfig) -> "Strategy":
     if cfg.workers is None:
         resolve_workers(cfg, getattr(algo, "service_ranks", 0))
         schema.check(cfg)   # again: the checks that involve the number of workers (cluster.speeds)
+    schema.check_ranks(cfg, cfg.workers + getattr(algo, "service_ranks", 0))
     check_async_checkpoints(cfg, algo)
     return algo
 

@@ -10,6 +10,11 @@ class CheckpointError(ConfigError):
     with an incompatible config. The message names the file and the reason."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a lost mount); the previous one is kept. The
+    message names the file and the reason."""
+
+
 class DeadlockError(RuntimeError):
     """A communication pattern can never complete; the message names workers and calls."""
 

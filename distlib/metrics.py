@@ -66,7 +66,7 @@ class RunLogger:
         self.console.say(f"distlib: {h.get('algorithm')} on {h.get('workers')} workers ({h.get('backend')}), "
                          f"{layout or 'topology ' + str(h.get('topology'))}, model {h.get('model')} "
                          f"({parameters:,} parameters), dataset {h.get('dataset')}, device {device}, "
-                         f"{self.total_steps} steps -> {self.run_dir}")
+                         f"{self.total_steps} steps -> {self.run_dir}{_replacement_note(h)}")
 
     def say(self, line: str) -> None:
         self.console.say(line)
@@ -153,3 +153,13 @@ class RunLogger:
     def close(self) -> None:
         self.console.close()
         self.tb.close()
+
+
+def _replacement_note(header: dict) -> str:
+    """What the banner adds when batches may repeat samples (dataset.sample_with_replacement)."""
+    config, sizes = header.get("config") or {}, header.get("shard_sizes") or [0]
+    if not (config.get("dataset") or {}).get("sample_with_replacement"):
+        return ""
+    small = sum(s < config.get("batch_size", 0) for s in sizes)
+    return (f"; batches sampled with replacement (dataset.sample_with_replacement=true: {small} of {len(sizes)} "
+            f"shards are smaller than batch_size {config.get('batch_size')}, smallest {min(sizes)})")

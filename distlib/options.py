@@ -11,6 +11,7 @@ booleans are refused where a number is asked for (``True`` is not a step size).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, TypeVar
 
 from distlib.errors import ConfigError
@@ -43,6 +44,9 @@ def number(where: str, v: Any, *, gt: float | None = None, ge: float | None = No
     """``v`` as a float if it is a number in range (or None when ``optional``), else a ConfigError."""
     if v is None and optional:
         return None
+    if is_number(v) and not math.isfinite(v):
+        rng = describe_range(gt, ge, lt, le)
+        raise ConfigError(f"{where}: must be a finite number{' ' + rng if rng else ''}, got {v!r}")
     if not is_number(v) or not in_range(v, gt, ge, lt, le):
         rng = describe_range(gt, ge, lt, le)
         raise ConfigError(f"{where}: must be a number{' ' + rng if rng else ''}"
@@ -77,3 +81,24 @@ def unknown_key(key: str, candidates: Iterable[str]) -> str:
     if close:
         return f"{key}: unknown config key; did you mean {where + close[0]!r}?"
     return f"{key}: unknown config key; the keys{' of ' + prefix if prefix else ''} are: {', '.join(names)}"
+
+
+def imports_hint(name: str, cwd: str | None = None) -> str:
+    """``; my_algo.py in this directory mentions 'my_algo': add imports=[my_algo]`` when an
+    unknown component name is the name of a module in the working directory, or appears
+    quoted in one: the user's own class, whose module was not imported."""
+    import os
+    from pathlib import Path
+    here = Path(cwd or os.getcwd())
+    try:
+        modules = sorted(p for p in here.glob("*.py") if p.is_file())
+    except OSError:
+        return ""
+    for path in modules:
+        try:
+            text = path.read_text(errors="replace") if path.stat().st_size < 1 << 20 else ""
+        except OSError:
+            continue
+        if path.stem == name or f'"{name}"' in text or f"'{name}'" in text:
+            return f"; {path.name} in this directory mentions {name!r}: add imports=[{path.stem}]"
+    return ""

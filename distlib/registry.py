@@ -62,8 +62,9 @@ class Registry(Generic[T]):
         if name not in self._table and name in shipped:
             importlib.import_module(shipped[name])
         if name not in self._table:
+            from distlib.options import imports_hint
             raise ConfigError(f"{self.field}: unknown {self.kind} {name!r}; "
-                              f"available: {', '.join(self.names())}")
+                              f"available: {', '.join(self.names())}{imports_hint(str(name))}")
         return self._table[name]
 
     def build(self, name: str, params: dict[str, Any] | None = None, **extra: Any) -> T:

@@ -20,14 +20,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distlib import console, interrupt
+from distlib import console, interrupt, preflight
 from distlib.checkpointer import Checkpointer
 from distlib.cluster import ClusterModel
 from distlib.comm.base import BACKENDS, Backend, Communicator
 from distlib.compat import check_model_and_data
 from distlib.compression import build_compressor
 from distlib.config import build_strategy, params_of, validate
-from distlib.data import DATASETS, Dataset, partition
+from distlib.data import DATASETS, Dataset, check_batches, partition
 from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
 from distlib.faults import FaultSchedule, build_schedule, check_faults, schedule_seed
@@ -86,6 +86,7 @@ class Run:
         own_val = "val_fraction" in inspect.signature(builder).parameters
         self.dataset = carve_validation(
             DATASETS.build(cfg.dataset.name, params_of(cfg.dataset, "partition", "alpha", "shards_per_worker",
+                                                       "sample_with_replacement",
                                                        *(() if own_val else ("val_fraction",)))),
             0.0 if own_val else cfg.dataset.get("val_fraction", 0.0), cfg.dataset.get("split_seed", 0) + 1)
         # a CNN on vectors, an image model on text, ...: one line, before any model is built
@@ -95,6 +96,8 @@ class Run:
         self.shards = partition(self.dataset.train.labels(), n, cfg.dataset.get("partition", "iid"),
                                 cfg.dataset.get("alpha", 0.5), cfg.dataset.get("shards_per_worker", 2),
                                 seed_for(cfg.seed, "partition"))
+        check_batches(self.shards, cfg.batch_size, bool(cfg.dataset.get("sample_with_replacement", False)),
+                      len(self.dataset.train))
         per_worker = min(len(s) for s in self.shards) if cfg.dataset.get("partition", "iid") == "iid" \
             else len(self.dataset.train) // n
         self.steps_per_epoch = max(1, per_worker // (cfg.batch_size * cfg.get("accumulate", 1)))
@@ -117,6 +120,10 @@ class Run:
             self.checkpointer.enabled = False
             self.no_checkpoints = (f"checkpoints: {self.algorithm_name} has no consistent cut; this run writes "
                                    f"none (checkpoint.enabled=false says so; see docs/checkpoints.md)")
+        if 0 in self.backend.local_ranks:   # the model's options, the directories and the disk, before any work
+            preflight.check(cfg, self.run_dir, self.checkpointer, self.dataset, self.shards, preflight.model_shape(
+                lambda: MODELS.build(cfg.model.name, params_of(cfg.model), input_shape=self.dataset.input_shape,
+                                     num_classes=self.dataset.num_classes)))
         if self.asynchronous and cfg.backend.name == "sim" and self.step_time is None:
             warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
                           "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")

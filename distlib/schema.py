@@ -14,6 +14,7 @@ backend) are checked by that component's constructor, which declares them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -115,6 +116,10 @@ class DatasetConfig:
     partition: Literal["iid", "dirichlet", "shards", "contiguous"] = "iid"
     alpha: float = rule(0.5, gt=0)              # Dirichlet concentration
     shards_per_worker: int = rule(2, ge=1)
+    # a shard smaller than batch_size: refused, or (true) its batches repeat its samples. Not in
+    # the shipped configs (the default run's recorded config stays as it was): add it with
+    # +dataset.sample_with_replacement=true
+    sample_with_replacement: bool = False
 
 
 @dataclass
@@ -280,7 +285,7 @@ def _accepts(value: Any, tp: Any, b: dict[str, Any]) -> bool:
     bounds = {k: v for k, v in b.items() if k != "allowed"}
     return {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
             dict: isinstance(value, dict), int: is_integer(value) and in_range(value, **bounds),
-            float: is_number(value) and in_range(value, **bounds)}.get(tp, True)
+            float: is_number(value) and math.isfinite(value) and in_range(value, **bounds)}.get(tp, True)
 
 
 def _must(value: Any, tp: Any, b: dict[str, Any]) -> str:
@@ -294,6 +299,8 @@ def _must(value: Any, tp: Any, b: dict[str, Any]) -> str:
     rng = describe_range(**{k: v for k, v in b.items() if k != "allowed"})
     null = " or null" if type(None) in opts else ""
     kind = next(o for o in opts if o is not type(None))
+    if kind is float and is_number(value) and not math.isfinite(value):    # inf, nan: never a setting
+        return f"must be a finite number{' ' + rng if rng else ''}{null}, got {value}"
     if kind in (int, float) and _accepts(value, kind, {}):      # the right type, out of range
         return f"must be {'an integer ' if kind is int else ''}{rng}{null}, got {value}"
     words = {bool: "true or false", str: "a string", dict: "a group of options",
@@ -324,6 +331,33 @@ def _check_combinations(cfg: DictConfig | dict, schema: type) -> None:
         if speeds is not None and cfg.get("workers") is not None and len(speeds) != cfg.get("workers"):
             raise ConfigError(f"cluster.speeds: needs one speed per worker ({cfg.get('workers')}), "
                               f"got {len(speeds)}")
+        workers, sample = cfg.get("workers"), (cfg.get("eval") or {}).get("per_worker_sample")
+        if is_integer(workers) and is_integer(sample) and sample > workers:
+            raise ConfigError(f"eval.per_worker_sample: must be <= workers ({workers}) or null (all), got {sample}")
+
+
+def check_ranks(cfg: DictConfig | dict, ranks: int) -> None:
+    """The ranks ``network.nodes`` and ``network.links`` name must exist (< ``ranks``: the
+    workers and the algorithm's service ranks); a NIC for rank 9 of 4 would be ignored."""
+    network = cfg.get("network") or {}
+    for group, keys in (("nodes", ("rank",)), ("links", ("src", "dst"))):
+        for i, entry in enumerate(network.get(group) or []):
+            for key in keys:
+                value = entry.get(key) if isinstance(entry, (dict, DictConfig)) else None
+                if is_integer(value) and value >= ranks:
+                    raise ConfigError(f"network.{group}[{i}].{key}: must be a rank < {ranks} (the run's workers"
+                                      f"{' and service ranks' if ranks != cfg.get('workers') else ''}), got {value}")
+
+
+def declared(key: str) -> bool:
+    """Whether the dotted ``key`` is a field of the schema (``dataset.sample_with_replacement``),
+    present in the composed config or not."""
+    tp: Any = TrainConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
+            return False
+        tp = typing.get_type_hints(tp)[part]
+    return True
 
 
 def fault_names() -> tuple[str, ...]:

@@ -134,3 +134,39 @@ def test_stop_and_resume_on_two_processes_equals_the_uninterrupted_run(tmp_path)
     for r, model in _final_models(run_dir).items():
         x = torch.cat([v.flatten() for v in model.values()])
         assert (x - sim_trainer.workers[r].flat_params()).abs().max() < 1e-5, f"rank {r}"
+
+
+def test_swapped_and_missing_shards_fall_back_on_every_rank_and_a_refusal_is_one_line_on_each(tmp_path):
+    """Two processes, checkpoints at 20, 40 and 60. The shards of step 60 swapped and rank 1's
+    shard of step 40 deleted: both ranks pass over both (one line each) and go on from step 20,
+    and the run equals the simulated one. A resume with another optim.lr (nothing verifies):
+    every rank stops with the same one line and no rank fails in a collective."""
+    overrides = [*RUN, "eval_every=30", "checkpoint.every=20", "checkpoint.keep=3"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    root = run_dir / "checkpoints"
+    _finish(_torchrun(2, [*overrides, "max_steps=60"], run_dir))
+    assert ckpt.complete_steps(root) == [20, 40, 60]
+    a, b = ckpt.shards(ckpt.step_dir(root, 60))
+    a.rename(tmp_path / "a")
+    b.rename(a)
+    (tmp_path / "a").rename(b)
+    missing = ckpt.shards(ckpt.step_dir(root, 40))[1]
+    missing.unlink()
+    out = _finish(_torchrun(2, [*overrides, "max_steps=90", "resume=true"], run_dir))
+    assert f"{a} holds the state of workers [1], not [0] (a shard file of another rank)" in out, out[-3000:]
+    assert f"{missing} is missing (meta.pt lists it)" in out
+    assert "resumed from step 20" in out and "CommError" not in out
+    real = json.loads((run_dir / "summary.json").read_text())
+    _, sim = run_training(make_cfg(*overrides, "workers=2", "max_steps=90", "backend=sim"), tmp_path / "sim")
+    assert [h["step"] for h in real["history"]] == [h["step"] for h in sim["history"]] == [30, 60, 90]
+    for x, y in zip(real["history"], sim["history"]):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+        assert x["bytes_sent"] == y["bytes_sent"]
+
+    refused = _torchrun(2, [*overrides, "max_steps=120", "resume=true", "optim.lr=0.5"], run_dir)
+    out, _ = refused.communicate(timeout=300)
+    assert refused.returncode != 0
+    lines = [ln for ln in out.splitlines() if ln.startswith("config error: resume: ")]
+    assert len(lines) == 2 and lines[0] == lines[1] and "optim.lr=0.05 in the checkpoint but 0.5 now" in lines[0]
+    assert "CommError" not in out

@@ -105,3 +105,37 @@ def test_batches_cover_each_pass_and_restore():
     assert torch.equal(torch.cat([c.next()[0] for _ in range(5)]), first)
     d = Batches(ds.train, idx, 8, seed=2)
     assert not torch.equal(torch.cat([d.next()[0] for _ in range(5)]), first)
+
+
+# -- a shard smaller than a batch ---------------------------------------------------------------
+def test_a_shard_smaller_than_a_batch_repeats_its_samples_in_full_batches():
+    """With +dataset.sample_with_replacement=true a 3-sample shard gives batches of 8: passes end
+    to end, so each sample appears twice or three times per batch, and every sample of a
+    pass comes before the next pass begins."""
+    from distlib.data import DataSplit
+    data = DataSplit(torch.arange(10.0)[:, None], torch.arange(10), 10)
+    stream = Batches(data, np.array([2, 5, 7]), batch_size=8, seed=0)
+    seen = []
+    for _ in range(3):
+        x, y = stream.next()
+        assert len(y) == 8
+        seen += y.tolist()
+    for k in range(0, 24, 3):       # 24 draws = 8 whole passes over the 3 samples
+        assert sorted(seen[k:k + 3]) == [2, 5, 7]
+
+
+@pytest.mark.slow
+def test_sample_with_replacement_is_refused_off_and_stated_in_the_banner_on(tmp_path, caplog):
+    import logging
+
+    from conftest import TINY, make_cfg, run_training
+    run = (*TINY, "workers=40", "max_steps=1", "log.progress=true")     # 640 samples: 16 per worker < 32
+    with pytest.raises(ConfigError, match=r"^batch_size: 32 is larger than worker \d+'s shard of 16 samples \(640 "
+                                          r"training samples over 40 workers\); use fewer workers, a smaller "
+                                          r"batch_size or more data, or add \+dataset.sample_with_replacement=true"):
+        run_training(make_cfg(*run), tmp_path / "off")
+    caplog.set_level(logging.INFO, logger="distlib")
+    run_training(make_cfg(*run, "+dataset.sample_with_replacement=true"), tmp_path / "on")
+    banner = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("distlib: "))
+    assert banner.endswith("; batches sampled with replacement (dataset.sample_with_replacement=true: 40 of 40 "
+                           "shards are smaller than batch_size 32, smallest 16)")

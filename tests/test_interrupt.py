@@ -110,7 +110,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path
     for step in ckpt.complete_steps(root):
         for shard in ckpt.shards(ckpt.step_dir(root, step)):
             shard.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint file .*step_00000008"):
+    with pytest.raises(CheckpointError, match=r"step_00000008/shard_00000-00003.pt is damaged"):
         run_training(make_cfg(*overrides, "max_steps=10", "resume=true"), tmp_path / "split")
 
 

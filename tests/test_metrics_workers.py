@@ -38,7 +38,7 @@ def test_tensorboard_shows_shard_sizes_beside_leader_shares(tmp_path):
     """AL-DSGD under label skew, 4 workers, evaluations at steps 3 and 5: the text table of the
     last evaluation holds the trainer's shard sizes and the run's leader shares (summing to 1)."""
     cfg = make_cfg(*TINY, "log.tensorboard=true", "algorithm=al_dsgd", "topology=ring", "workers=4",
-                   "dataset.partition=dirichlet", "dataset.alpha=0.3", "max_steps=5", "eval_every=3")
+                   "dataset.partition=dirichlet", "dataset.alpha=0.3", "batch_size=8", "max_steps=5", "eval_every=3")
     trainer, summary = run_training(cfg, tmp_path)
     sizes = [len(s) for s in trainer.shards]
     assert summary["shard_sizes"] == sizes and sum(sizes) == len(trainer.dataset.train)

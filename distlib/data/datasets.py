@@ -229,8 +229,9 @@ class Batches:
         self._order_on = order.to(self.data.x.device)     # the order itself on the CPU
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._pos + self.batch_size > len(self._order):
-            # Carry the tail over so no sample of a pass is skipped.
+        while self._pos + self.batch_size > len(self._order):
+            # Carry the tail over so no sample of a pass is skipped; a shard smaller than a batch
+            # (dataset.sample_with_replacement=true) takes several passes, its samples repeating.
             rest = self._order[self._pos:]
             fresh = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
             self._set_order(torch.cat([rest, fresh]), 0)

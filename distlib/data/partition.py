@@ -40,3 +40,23 @@ def partition(labels: np.ndarray, n: int, kind: str = "iid", alpha: float = 0.5,
         pick = rng.permutation(len(shards))
         return [np.sort(np.concatenate([shards[s] for s in pick[w::n]])) for w in range(n)]
     raise ConfigError(f"dataset.partition: unknown {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+def check_batches(shards: list[np.ndarray], batch_size: int, with_replacement: bool, samples: int) -> None:
+    """Refuse a shard smaller than one batch, unless samples may repeat within a batch.
+
+    Without the refusal such a worker would silently train on smaller batches (with 1024
+    workers on 4,000 samples: 3 or 4 samples instead of 32), which also flatters any figure
+    per batch. ``+dataset.sample_with_replacement=true`` fills its batches with repeated
+    passes over the shard instead (the banner says so)."""
+    sizes = [len(s) for s in shards]
+    worker = int(np.argmin(sizes))
+    if sizes[worker] == 0:
+        raise ConfigError(f"dataset.partition: worker {worker} received no samples ({samples} training samples "
+                          f"over {len(shards)} workers); use fewer workers or more data (with partition=dirichlet: "
+                          f"a larger dataset.alpha)")
+    if sizes[worker] < batch_size and not with_replacement:
+        raise ConfigError(f"batch_size: {batch_size} is larger than worker {worker}'s shard of {sizes[worker]} "
+                          f"samples ({samples} training samples over {len(shards)} workers); use fewer workers, "
+                          f"a smaller batch_size or more data, or add +dataset.sample_with_replacement=true "
+                          f"to repeat samples within a batch")

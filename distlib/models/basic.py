@@ -7,6 +7,16 @@ from torch import nn
 
 from distlib.errors import ConfigError
 from distlib.models import MODELS, accepts
+from distlib.options import integer, number
+
+
+def _widths(where: str, value: object) -> list[int]:
+    """Layer widths: a list of integers >= 1 (a width of 0 trains a constant, at chance)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: must be a list of integers >= 1, got {value!r}")
+    return [integer(f"{where}[{i}]", h, ge=1) for i, h in enumerate(value)]
 
 
 @MODELS.register("mlp")
@@ -14,6 +24,8 @@ from distlib.models import MODELS, accepts
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (200,),
         dropout: float = 0.0) -> nn.Module:
     """Fully connected network; with ``hidden=[]`` it is linear / logistic regression."""
+    hidden = _widths("model.hidden", hidden)
+    dropout = number("model.dropout", dropout, ge=0, lt=1)
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for h in hidden:
@@ -30,8 +42,15 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] 
 def small_cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] | list[int] = (16, 32),
               hidden: int = 128, dropout: float = 0.25) -> nn.Module:
     """Two conv-pool blocks and two linear layers (about 0.2M parameters on 28x28 input)."""
+    widths = _widths("model.channels", channels)
+    if len(widths) != 2:
+        raise ConfigError(f"model.channels: must be two integers >= 1, got {widths}")
+    c1, c2 = widths
+    hidden = integer("model.hidden", hidden, ge=1)
+    dropout = number("model.dropout", dropout, ge=0, lt=1)
+    if len(input_shape) != 3:
+        raise ConfigError(f"model=cnn: needs images (channels, height, width), got input shape {tuple(input_shape)}")
     c, h, w = input_shape
-    c1, c2 = channels
     return nn.Sequential(
         nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -65,6 +65,8 @@ def wide_resnet(input_shape: tuple[int, ...], num_classes: int, depth: int = 28,
         raise ConfigError(f"model.depth: must be 6n + 4 with n >= 1 (16, 22, 28, 40), got {depth}")
     if widen_factor < 1:
         raise ConfigError(f"model.widen_factor: must be >= 1, got {widen_factor}")
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ConfigError(f"model.dropout: must be a number >= 0 and < 1, got {dropout!r}")
     return WideResNet(_channels(input_shape), num_classes, depth, widen_factor, dropout)
 
 
