@@ -91,6 +91,7 @@ class WeightCache:
 
     def __init__(self, kind: str = "metropolis", alpha: float | None = None) -> None:
         self.kind, self.alpha = kind, alpha
+        self._last: tuple[Graph, int, MixPlan] | None = None   # without faults: the last row made
 
     def __call__(self, graph: Graph) -> MixingRows:
         return mixing_rows(graph, self.kind, self.alpha)
@@ -100,7 +101,11 @@ class WeightCache:
         subgraph (its weights only need the degrees there, known to every worker); I - alpha L
         keeps the published alpha and gives a lost link's weight to self (:func:`restrict`)."""
         graph, i = ctx.graph(), ctx.rank
-        if ctx.faults is None or self.kind != "metropolis":
+        if ctx.faults is None:      # the same row while the graph is the same (a static topology: always)
+            if self._last is None or self._last[0] is not graph or self._last[1] != i:
+                self._last = (graph, i, MixPlan.from_rows(self(graph), i))
+            return self._last[2]
+        if self.kind != "metropolis":
             return restrict(MixPlan.from_rows(self(graph), i), ctx)
         if not ctx.faults.is_live(i, ctx.step):
             return MixPlan((), 1.0, {})

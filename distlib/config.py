@@ -35,18 +35,27 @@ COMPONENT_GROUPS = ("algorithm", "topology", "model", "dataset", "backend")
 _BACKEND_RUNTIME_ARGS = ("workers", "network", "speeds")
 
 
+#: the registered names that :func:`register_configs` last stored (None: not yet)
+_stored: tuple | None = None
+
+
 def register_configs() -> None:
-    """Put the declared defaults into Hydra's ConfigStore (idempotent; cheap after the first call).
+    """Put the declared defaults into Hydra's ConfigStore (idempotent: stored once, again only
+    when a strategy or backend was registered since).
 
     Called by ``distlib-train`` before composing. Code that composes ``pkg://distlib.configs``
     through Hydra's API itself calls it first.
     """
+    global _stored
     from hydra.core.config_store import ConfigStore
 
     from distlib.comm.base import BACKENDS
     from distlib.registry import defaults_of
     from distlib.strategy import STRATEGIES
     cs = ConfigStore.instance()
+    names = (cs, tuple((n, STRATEGIES.get(n)) for n in STRATEGIES), tuple((n, BACKENDS.get(n)) for n in BACKENDS))
+    if names == _stored and "run_defaults.yaml" in cs.repo:
+        return
     cs.store(name="run_defaults", node=schema.run_defaults())
     for name, preset in schema.OPTIMIZERS.items():
         cs.store(group="optim", name=name, node=schema.asdict_of(preset))
@@ -61,6 +70,7 @@ def register_configs() -> None:
     for name in BACKENDS:
         cs.store(group="backend", name=name,
                  node={"name": name, **defaults_of(BACKENDS.get(name), *_BACKEND_RUNTIME_ARGS)})
+    _stored = names
 
 
 def component_registries() -> dict[str, Any]:

@@ -104,9 +104,11 @@ def check(o: Mapping[str, Any]) -> OptimSpec:
     """:func:`resolve`, then let the class check its option values on one dummy parameter (its
     own range checks, e.g. AdamW's betas), so a bad value stops before any work."""
     import torch
+
+    from distlib import eager
     spec = resolve(o)
-    try:
-        spec.cls([torch.nn.Parameter(torch.zeros(1))], **spec.options)
+    try:    # built without importing torch's compiler (distlib.eager): a check, nothing is compiled
+        eager.build(lambda: spec.cls([torch.nn.Parameter(torch.zeros(1))], **spec.options))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"optim: {spec.target} refuses its options: {str(e).splitlines()[0]}") from None
     return spec

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distlib import eager
 from distlib.data.datasets import BatchStream, Split
 from distlib.device import autocast, grad_scaler
 from distlib.flat import flatten_module
@@ -47,7 +48,10 @@ class Worker:
         self.model = model
         self._flat, self._grad = flatten_module(model)
         self.device = self._flat.device
-        self.optimizer = make_optimizer(model)
+        # Without compile, neither building nor stepping the optimizer imports torch's compiler
+        # (about 2 s of start-up; see distlib.eager).
+        self._eager = not compile
+        self.optimizer = eager.build(lambda: make_optimizer(model)) if self._eager else make_optimizer(model)
         self.batches = batches
         self.loss_fn = loss_fn
         self.task = task
@@ -79,7 +83,8 @@ class Worker:
         """Draw the next ``accumulate`` mini-batches, compute their mean loss and its gradient
         g_i at x_i (unscaled: with a GradScaler, strategies see the true g_i). Each micro-batch
         is a forward pass of its own: batch norm sees ``accumulate`` batches of ``batch_size``."""
-        self.model.train()
+        if not self.model.training:     # only evaluate() switches it off: train() walks every module
+            self.model.train()
         self._grad.zero_()
         k = self.accumulate
         if self.scaler is not None and self._unscaled:  # the last step's optimizer step was not taken here (e.g. async_ps)
@@ -119,15 +124,21 @@ class Worker:
 
     def optimizer_step(self) -> None:
         if self.scaler is None:
-            self.optimizer.step()
+            self._step()
             return
         # Skip the step when g is not finite: this worker's own g_i overflowed, or a peer's
         # overflow came in through communication (AllReduce-SGD); x_i stays as it was.
         if bool(torch.isfinite(self._grad).all()):
-            self.optimizer.step()
+            self._step()
         if self._unscaled:      # halves the scale after an overflow of g_i, else may grow it
             self.scaler.update()
             self._unscaled = False
+
+    def _step(self) -> None:
+        if self._eager:
+            eager.step(self.optimizer)
+        else:
+            self.optimizer.step()
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -166,15 +177,21 @@ class Worker:
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": self.model.state_dict(), "optimizer": self._optimizer_state(),
                  "batches": self.batches.state_dict(), "last_loss": self.last_loss}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
+    def _optimizer_state(self) -> dict:
+        return eager.state_dict(self.optimizer) if self._eager else self.optimizer.state_dict()
+
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])   # copies in place: the flat views survive
-        self.optimizer.load_state_dict(state["optimizer"])     # moves its state to the parameters' device
+        if self._eager:     # moves its state to the parameters' device
+            eager.load_state_dict(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["batches"])

@@ -12,6 +12,9 @@ For 2 and 4 processes, MLP (784-200-10) on the embedded MNIST, batch 32 per work
 (c) the same runs (AllReduce-SGD, D-PSGD on a ring) on the simulated backend, all workers in
     this one process, against the gloo processes: seconds per iteration, ratio sim / gloo.
 
+Beside every training figure, the final train loss (and test accuracy) of that run, its last
+round; (b) times a bare communication call, which trains nothing and so has no loss.
+
 Steady-state time only: the median time of a step (or call) after ``warmup`` of them.
 Every figure is measured in interleaved rounds; a ratio is the median over rounds of the
 ratio within a round, so load from other programs hits both sides alike. Each process uses
@@ -52,6 +55,8 @@ MODEL = ("model=mlp", "model.hidden=[200]")
 
 #: rank 0's clock at the end of every step of the current run
 STEP_ENDS: list[float] = []
+#: what the last run reached (rank 0): its final train loss, and test loss/accuracy where it has them
+LAST_FINAL: dict[str, float | None] = {}
 
 
 def _per_step(ends: list[float], warmup: int) -> float:
@@ -89,7 +94,10 @@ def framework(algorithm: str, n: int, steps: int, warmup: int, backend: str, run
               extra: tuple[str, ...] = ()) -> float:
     """Seconds per iteration of distlib's Trainer (rank 0's clock)."""
     STEP_ENDS.clear()
-    Trainer(_cfg(algorithm, n, steps, backend, extra), run_dir).run()
+    summary = Trainer(_cfg(algorithm, n, steps, backend, extra), run_dir).run()
+    LAST_FINAL.clear()
+    if summary is not None:
+        LAST_FINAL.update({k: summary["final"][k] for k in ("train_loss", "test_loss", "test_accuracy")})
     return _per_step(STEP_ENDS, warmup) if STEP_ENDS else float("nan")  # only rank 0 reads the clock
 
 
@@ -109,9 +117,11 @@ def ddp(n: int, steps: int, warmup: int) -> float:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(data.train.x[b]), data.train.y[b])
         loss.backward()             # DDP all-reduces the gradient buckets here
-        loss.item()                 # distlib reads every loss too (logging, divergence check)
+        last = loss.item()          # distlib reads every loss too (logging, divergence check)
         opt.step()
         ends.append(time.perf_counter())
+    LAST_FINAL.clear()
+    LAST_FINAL["train_loss"] = last      # rank 0's last mini-batch (distlib's: the mean since its evaluation)
     return _per_step(ends, warmup)
 
 
@@ -148,20 +158,26 @@ def rank_main(spec_path: str) -> None:
     runs: dict[str, list[float]] = {k: [] for k in ("allreduce_sgd", "allreduce_sgd_overlap", "ddp", "dpsgd",
                                                     "exchange", "bare")}
     numel = None
+    final: dict[str, dict] = {}     # the last round's LAST_FINAL, per run
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(spec["rounds"]):
-            runs["allreduce_sgd"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp)))
+            runs["allreduce_sgd"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp),
+                                                   ("algorithm.overlap=false",)))
+            final["allreduce_sgd"] = dict(LAST_FINAL)
             runs["ddp"].append(ddp(n, steps, warmup))
+            final["ddp"] = dict(LAST_FINAL)
             runs["allreduce_sgd_overlap"].append(framework("allreduce_sgd", n, steps, warmup, "torch", Path(tmp),
                                                            ("algorithm.overlap=true",)))
+            final["allreduce_sgd_overlap"] = dict(LAST_FINAL)
             runs["dpsgd"].append(framework("dpsgd", n, steps, warmup, "torch", Path(tmp)))
+            final["dpsgd"] = dict(LAST_FINAL)
             numel = numel or sum(p.numel() for p in MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28),
                                                                   num_classes=10).parameters())
             ex, bare = exchange_pair(numel, spec["calls"], spec["warmup"])
             runs["exchange"].append(ex)
             runs["bare"].append(bare)
     if dist.get_rank() == 0:
-        Path(spec["out"]).write_text(json.dumps({"runs": runs, "numel": numel}))
+        Path(spec["out"]).write_text(json.dumps({"runs": runs, "numel": numel, "final": final}))
     dist.destroy_process_group()
 
 
@@ -212,7 +228,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "dataset": "mnist (embedded)",
                "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "torch": torch.__version__,
-               "cpu_cores": os.cpu_count(), "procs": {}}
+               "cpu_cores": os.cpu_count(), "load_avg_start": os.getloadavg(), "procs": {}}
     for n in args.procs:
         job = gloo_job(n, args)
         runs = job["runs"]
@@ -220,8 +236,9 @@ def main() -> None:
             for algo in ("allreduce_sgd", "dpsgd"):
                 runs[f"sim_{algo}"] = [framework(algo, n, args.steps, args.warmup, "sim", Path(tmp))
                                        for _ in range(args.rounds)]
+                job["final"][f"sim_{algo}"] = dict(LAST_FINAL)
         med = {k: statistics.median(v) for k, v in runs.items()}
-        entry = {"seconds_median": med, "all_rounds": runs, "exchanged_floats": job["numel"],
+        entry = {"seconds_median": med, "all_rounds": runs, "exchanged_floats": job["numel"], "final": job["final"],
                  "a_allreduce_sgd_vs_ddp": _ratio(runs, "allreduce_sgd", "ddp"),
                  "a_allreduce_sgd_overlap_vs_ddp": _ratio(runs, "allreduce_sgd_overlap", "ddp"),
                  "b_exchange_vs_bare": _ratio(runs, "exchange", "bare"),
@@ -236,7 +253,11 @@ def main() -> None:
               f"ratio {entry['b_exchange_vs_bare']:.3f}\n"
               f"     (c) sim allreduce_sgd {ms['sim_allreduce_sgd']:.2f} ms/it vs gloo {ms['allreduce_sgd']:.2f} "
               f"(ratio {entry['c_sim_vs_gloo_allreduce_sgd']:.3f}); sim dpsgd {ms['sim_dpsgd']:.2f} vs gloo "
-              f"{ms['dpsgd']:.2f} (ratio {entry['c_sim_vs_gloo_dpsgd']:.3f})", flush=True)
+              f"{ms['dpsgd']:.2f} (ratio {entry['c_sim_vs_gloo_dpsgd']:.3f})\n"
+              f"     final train loss / test accuracy: " + "; ".join(
+                  f"{k} {v['train_loss']:.4f}" + (f" / {v['test_accuracy']:.4f}" if v.get("test_accuracy") is not None
+                                                 else "") for k, v in job["final"].items()), flush=True)
+    results["load_avg_end"] = os.getloadavg()
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 

@@ -68,11 +68,16 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _rates(samples: int, t0: tuple[float, float], t1: tuple[float, float]) -> dict[str, float]:
-    return {"samples_per_s": samples / (t1[0] - t0[0]), "samples_per_cpu_s": samples / (t1[1] - t0[1])}
+def _rates(samples: int, t0: tuple[float, float], t1: tuple[float, float], losses: list[float]) -> dict[str, float]:
+    """The speed, and beside it the run's final train loss (the mean over its models of the
+    last step's loss)."""
+    return {"samples_per_s": samples / (t1[0] - t0[0]), "samples_per_cpu_s": samples / (t1[1] - t0[1]),
+            "final_train_loss": sum(losses) / len(losses)}
 
 
 TIMES: dict[tuple[int, int], tuple[float, float]] = {}
+#: every worker's latest train loss (the final one when the run ends)
+LOSSES: dict[int, float] = {}
 
 
 @STRATEGIES.register("bench_gpu_dpsgd")
@@ -83,6 +88,7 @@ class TimedDPSGD(DPSGD):
         super().after_step(ctx)
         _sync(ctx.worker.device)
         TIMES[(ctx.rank, ctx.step)] = _now()
+        LOSSES[ctx.rank] = ctx.loss
 
 
 def bench_sim(device: torch.device, model: str, b: int, steps: int, warmup: int, precision: str = "32") -> dict:
@@ -91,6 +97,7 @@ def bench_sim(device: torch.device, model: str, b: int, steps: int, warmup: int,
                    f"max_steps={steps}", f"eval_every={steps}", f"device={device.type}", f"precision={precision}",
                    "eval.per_worker=false", "log.tensorboard=false", "log.progress=false", "checkpoint.enabled=false")
     TIMES.clear()
+    LOSSES.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -101,7 +108,7 @@ def bench_sim(device: torch.device, model: str, b: int, steps: int, warmup: int,
     # between workers, which the warm-up has already built up).
     t0 = max(TIMES[(r, warmup - 1)] for r in range(N))
     t1 = max(TIMES[(r, steps - 1)] for r in range(N))
-    out = _rates(N * b * (steps - warmup), t0, t1)
+    out = _rates(N * b * (steps - warmup), t0, t1, list(LOSSES.values()))
     if device.type == "cuda":
         out["peak_mb_per_worker"] = torch.cuda.max_memory_allocated(device) / N / 2 ** 20
     return out
@@ -132,6 +139,7 @@ def bench_plain(device: torch.device, model: str, b: int, steps: int, warmup: in
         if step == warmup:
             _sync(device)
             t0 = _now()
+        losses = []
         for i, (m, opt) in enumerate(zip(models, opts)):
             pos = ((step * N + i) * b) % (len(y) - b)
             idx = order[pos:pos + b]
@@ -139,7 +147,7 @@ def bench_plain(device: torch.device, model: str, b: int, steps: int, warmup: in
             opt.zero_grad()
             loss = nn.functional.cross_entropy(m(x[idx]), y[idx])
             loss.backward()
-            loss.item()         # the sim reads every loss too (logging, divergence check)
+            losses.append(loss.item())  # the sim reads every loss too (logging, divergence check)
             opt.step()
         with torch.no_grad():
             for k in range(len(params[0])):
@@ -148,7 +156,7 @@ def bench_plain(device: torch.device, model: str, b: int, steps: int, warmup: in
                 for i in range(N):
                     params[i][k].copy_(mixed[i])
     _sync(device)
-    return _rates(N * b * (steps - warmup), t0, _now())
+    return _rates(N * b * (steps - warmup), t0, _now(), losses)
 
 
 def bench_single(device: torch.device, model: str, b: int, steps: int, warmup: int) -> dict:
@@ -168,10 +176,10 @@ def bench_single(device: torch.device, model: str, b: int, steps: int, warmup: i
         opt.zero_grad()
         loss = nn.functional.cross_entropy(m(x[idx]), y[idx])
         loss.backward()
-        loss.item()
+        last = loss.item()
         opt.step()
     _sync(device)
-    return _rates(big * (steps - warmup), t0, _now())
+    return _rates(big * (steps - warmup), t0, _now(), [last])
 
 
 def main() -> None:
@@ -214,7 +222,9 @@ def main() -> None:
                 f"  (per CPU s: sim/plain {sim['samples_per_cpu_s'] / plain['samples_per_cpu_s']:.3f})"
             print(f"{model:9s} b={b:4d}: sim {sim['samples_per_s']:8.0f} samples/s  plain {plain['samples_per_s']:8.0f}"
                   f"  single(b={N * b}) {single['samples_per_s']:8.0f}  sim/plain {entry['sim_vs_plain']:.3f}"
-                  f"  sim/single {entry['sim_vs_single']:.3f}  bf16/32 {entry['bf16_gain']:.2f}{mem}", flush=True)
+                  f"  sim/single {entry['sim_vs_single']:.3f}  bf16/32 {entry['bf16_gain']:.2f}{mem}\n"
+                  f"          final train loss: sim {sim['final_train_loss']:.4f}  plain {plain['final_train_loss']:.4f}"
+                  f"  single {single['final_train_loss']:.4f}  bf16 {bf16['final_train_loss']:.4f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -1,11 +1,16 @@
 """How the simulated backend scales with the number of workers n, measured side by side.
 
 D-PSGD (Metropolis weights) on a ring and on an exponential graph, n = 8, 64, 256, 1024; MLP
-784-200-10 (159,010 parameters) on the embedded digits, batch 32 per worker, SGD with momentum.
-The 4,000 training digits are tiled (repeated) so every worker's shard holds 40 of them; the
-data only has to have that shape, the run is timed, not judged.
+784-200-10 (159,010 parameters), batch 32 per worker, SGD with momentum, on synthetic
+784-dimensional data: 64 samples per worker (two full batches; the 4,000 embedded digits would
+leave 3-4 per batch at 1024 workers), labelled by a fixed random linear teacher, so the loss
+each run reaches is beside its speed.
 
 - sim:  distlib's Trainer on the simulated backend (greenlets, hooks, byte counters, clocks);
+- floor: n distinct models stepped round-robin: forward, backward, SGD step on a batch drawn
+        once; no communication, no data pipeline, no logging. What n separate models cost on
+        this CPU, the floor under any simulator of n workers (one model at batch n b is not it:
+        its weights are shared);
 - hand: a hand-written loop over the n models: each draws its batch, steps its optimizer;
         then every model is mixed, x_i <- W_ii x_i + sum_j W_ij x_j, from one copy of all the
         parameters (the models' parameters are rows of one n x P tensor). The same arithmetic
@@ -14,8 +19,9 @@ data only has to have that shape, the run is timed, not judged.
 
 Per (graph, n), in a fresh process (so its peak RSS is its own):
 
-- steady-state samples/s of both (n * 32 per step), from the end of the warm-up step on every
-  worker to the end of the last step on every worker, and their ratio sim / hand;
+- steady-state samples/s of the three (n * 32 per step), from the end of the warm-up step on
+  every worker to the end of the last step on every worker, the ratios sim / hand and
+  sim / floor, and the mean train loss of the last step of each (the same data and schedule);
 - time per worker-step (1 / steps per second / n), and its ratio at n = 1024 against n = 64;
 - build + first evaluation: Trainer construction plus every worker's build, and the first
   evaluation (the averaged model on the test set, consensus distance, byte counters; the own
@@ -23,7 +29,7 @@ Per (graph, n), in a fresh process (so its peak RSS is its own):
   leaving it (all workers have finished training by then: a barrier ends the last step);
 - peak RSS of the process, minus the RSS before the Trainer was built, per worker.
 
-The sim and the hand loop run in alternating rounds in the same process; the figure kept is
+The sim, the hand loop and the floor run in interleaved rounds in the same process; the figure kept is
 each one's best round (other programs on a busy machine can only slow a round down). torch
 runs one thread by default (``--threads``): on a machine whose cores are shared, OpenMP teams
 wait for descheduled threads.
@@ -48,7 +54,7 @@ from typing import Any
 import numpy as np
 
 BATCH = 32
-PER_WORKER = 40             # training samples per worker (the digits, tiled)
+PER_WORKER = 64             # training samples per worker: two full batches
 EVAL_SAMPLE = 16            # eval.per_worker_sample
 
 
@@ -89,19 +95,22 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
     from distlib.algorithms.dpsgd import DPSGD
     from distlib.config import register_configs
     from distlib.data import DATASETS, Dataset
-    from distlib.data.datasets import DataSplit, embedded_mnist
+    from distlib.data.datasets import DataSplit
     from distlib.strategy import STRATEGIES, Context
     from distlib.trainer import Trainer
 
-    digits = embedded_mnist()
-    copies = -(-n * PER_WORKER // len(digits.train))
-    tr = digits.train
-    tiled = Dataset(DataSplit(tr.x.repeat(copies, 1, 1, 1), tr.y.repeat(copies), 10), digits.test,
-                    digits.input_shape, 10, "digits_tiled")
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(784, 10, generator=gen)
+
+    def split(m: int) -> DataSplit:
+        x = torch.randn(m, 1, 28, 28, generator=gen)
+        return DataSplit(x, (x.view(m, -1) @ teacher).argmax(1), 10)
+    tiled = Dataset(split(n * PER_WORKER), split(1000), (1, 28, 28), 10, "synthetic_784")
     if "bench_digits" not in DATASETS:
         DATASETS.register("bench_digits")(lambda **_: tiled)
 
     marks: dict[str, tuple[float, float]] = {}
+    last_losses: list[float] = []
 
     total = warmup + steps
 
@@ -113,6 +122,8 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
 
         def after_step(self, ctx: Context) -> None:
             super().after_step(ctx)
+            if ctx.step == total - 1:
+                last_losses.append(ctx.loss)
             if ctx.step in (warmup - 1, total - 1):
                 with ctx.comm.uncounted():
                     ctx.comm.barrier()
@@ -133,6 +144,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
 
     def sim_round() -> dict[str, Any]:
         marks.clear()
+        last_losses.clear()
         rss0 = _rss_mb()
         t0 = _now()
         with tempfile.TemporaryDirectory() as run_dir:
@@ -140,7 +152,8 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
             init = _since(t0)
             starts: list[tuple[float, float]] = []
             ev: list[tuple[float, float]] = []
-            start, evaluate = trainer.start, trainer.evaluate
+            run = trainer.run_state     # the loop calls the Run's start and evaluate
+            start, evaluate = run.start, run.evaluate
 
             def timed_start(comm):      # never switches workers: its time is this worker's build
                 s = _now()
@@ -153,16 +166,17 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
                 out = evaluate(*a, **k)
                 ev.append(_now())
                 return out
-            trainer.start, trainer.evaluate = timed_start, timed_evaluate
+            run.start, run.evaluate = timed_start, timed_evaluate
             trainer.run()
-            del trainer
+            del trainer, run
         t_a, t_b = marks[f"sync{warmup - 1}"], marks[f"sync{total - 1}"]
         build = tuple(init[k] + sum(s[k] for s in starts) for k in range(2))
         first_eval = tuple(max(e[k] for e in ev) - min(e[k] for e in ev) for k in range(2))
         return {"samples_per_s": _pair(n * BATCH * steps / (t_b[k] - t_a[k]) for k in range(2)),
                 "build_s": _pair(build), "first_eval_s": _pair(first_eval),
                 "ready_and_evaluated_s": _pair(build[k] + first_eval[k] for k in range(2)),
-                "trainer_init_s": _pair(init), "peak_rss_mb": _peak_mb(), "rss_before_mb": rss0}
+                "trainer_init_s": _pair(init), "peak_rss_mb": _peak_mb(), "rss_before_mb": rss0,
+                "final_train_loss": sum(last_losses) / len(last_losses)}
 
     def hand_round() -> dict[str, float]:
         from torch import nn
@@ -190,6 +204,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         for step in range(total):
             if step == warmup:
                 t0 = _now()
+            losses = []
             for i, (m, opt) in enumerate(zip(models, opts)):
                 pos = (step * BATCH) % (PER_WORKER - BATCH + 1)
                 idx = shards[i, pos:pos + BATCH]
@@ -197,7 +212,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(m(data.x[idx]), data.y[idx])
                 loss.backward()
-                loss.item()     # the sim reads every loss too (logging, divergence check)
+                losses.append(loss.item())     # the sim reads every loss too (logging, divergence check)
                 opt.step()
             with torch.no_grad():       # x_i <- W_ii x_i + sum_j W_ij x_j, from a copy of all x_j
                 y = x.clone()
@@ -206,24 +221,54 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
                     for j, w_ij in peers:
                         x[i].add_(y[j], alpha=w_ij)
         t1 = _now()
-        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2))}
+        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
+                "final_train_loss": sum(losses) / n}
 
-    sims, hands = [], []
-    for _ in range(rounds):     # alternating, so load on the machine hits both alike
+    def floor_round() -> dict[str, float]:
+        from torch import nn
+
+        from distlib.models import MODELS
+        torch.manual_seed(0)
+        first = MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28), num_classes=10)
+        models = [first] + [copy.deepcopy(first) for _ in range(n - 1)]     # n distinct parameter sets
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
+        data = tiled.train
+        batches = [(data.x[i * PER_WORKER:i * PER_WORKER + BATCH], data.y[i * PER_WORKER:i * PER_WORKER + BATCH])
+                   for i in range(n)]
+        for step in range(total):
+            if step == warmup:
+                t0 = _now()
+            for m, opt, (xb, yb) in zip(models, opts, batches):
+                opt.zero_grad()
+                nn.functional.cross_entropy(m(xb), yb).backward()
+                opt.step()
+        t1 = _now()
+        with torch.no_grad():
+            loss = sum(float(nn.functional.cross_entropy(m(xb), yb)) for m, (xb, yb) in zip(models, batches)) / n
+        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
+                "final_train_loss": loss}
+
+    sims, hands, floors = [], [], []
+    for _ in range(rounds):     # interleaved, so load on the machine hits all three alike
         sims.append(sim_round())
         hands.append(hand_round())
+        floors.append(floor_round())
     res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
     for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
         sim = max(r["samples_per_s"][clock] for r in sims)
         hand = max(r["samples_per_s"][clock] for r in hands)
+        floor = max(r["samples_per_s"][clock] for r in floors)
         res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": hand, "sim_vs_hand": sim / hand,
+                      "floor_samples_per_s": floor, "sim_vs_floor": sim / floor,
                       "worker_step_ms": 1e3 * BATCH / sim,
                       **{k: min(r[k][clock] for r in sims)
                          for k in ("build_s", "first_eval_s", "ready_and_evaluated_s", "trainer_init_s")}}
     peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
     res.update(peak_rss_mb=peak, rss_before_mb=sims[0]["rss_before_mb"],
                rss_per_worker_mb=(peak - sims[0]["rss_before_mb"]) / n,
-               all_rounds={"sim": sims, "hand": hands}, load_avg=_load())
+               all_rounds={"sim": sims, "hand": hands, "floor": floors}, load_avg=_load(),
+               final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in
+                                 (("sim", sims), ("hand", hands), ("floor", floors))})
     return res
 
 
@@ -254,9 +299,10 @@ def main() -> None:
     results: dict[str, Any] = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "threads": args.threads,
                                "eval_per_worker_sample": EVAL_SAMPLE, "cpus": os.cpu_count(),
                                "load_avg_start": _load(), "runs": []}
-    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | "
-            f"{'sim/hand':>8s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | {'MB/worker':>9s}")
-    print(f"{'':18s} | {'CPU time of this process':^34s} | {'wall time':^34s} |")
+    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'sim/floor':>9s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | "
+            f"{'sim/hand':>8s} {'sim/floor':>9s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | {'MB/worker':>9s} | "
+            f"final train loss sim / hand / floor")
+    print(f"{'':18s} | {'CPU time of this process':^44s} | {'wall time':^44s} |")
     print(head, flush=True)
     for graph in args.graphs:
         for n in args.workers:
@@ -268,9 +314,11 @@ def main() -> None:
                 sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(line[len("RESULT "):])
             results["runs"].append(r)
-            cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['worker_step_ms']:10.3f} "
+            cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['sim_vs_floor']:9.3f} {r[c]['worker_step_ms']:10.3f} "
                               f"{r[c]['ready_and_evaluated_s']:12.2f}" for c in ("cpu", "wall"))
-            print(f"{graph:12s} {n:5d} | {cols} | {r['rss_per_worker_mb']:9.2f}", flush=True)
+            fl = r["final_train_loss"]
+            print(f"{graph:12s} {n:5d} | {cols} | {r['rss_per_worker_mb']:9.2f} | "
+                  f"{fl['sim']:.3f} / {fl['hand']:.3f} / {fl['floor']:.3f}", flush=True)
     by = {(r["graph"], r["workers"]): r for r in results["runs"]}
     for clock in ("cpu", "wall"):
         results[f"worker_step_1024_vs_64_{clock}"] = {

@@ -9,7 +9,8 @@ For n = 8 and 16 workers (small CNN, batch 32 per worker, embedded MNIST, D-PSGD
 
 Samples per second count every worker's samples (n * 32 per step), per second of wall time
 and per second of this process's CPU time (which other programs on a busy machine do not
-inflate). The three are measured in interleaved rounds; the figures kept are the best round of
+inflate), each with the final train loss of its own run (the mean over its models of the last
+step's loss). The three are measured in interleaved rounds; the figures kept are the best round of
 each (other programs can only slow a round down) and the median round.
 
     python scripts/bench_sim.py [--workers 8 16] [--steps 20] [--rounds 5] [--out bench_results/bench_sim.json]
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -29,6 +31,7 @@ from torch import nn
 
 from distlib.algorithms.dpsgd import DPSGD
 from distlib.strategy import STRATEGIES, Context
+from distlib.config import register_configs
 from distlib.data import DATASETS, partition
 from distlib.models import MODELS
 from distlib.trainer import Trainer
@@ -40,8 +43,11 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _rates(samples: int, t0: tuple[float, float], t1: tuple[float, float]) -> dict[str, float]:
-    return {"wall": samples / (t1[0] - t0[0]), "cpu": samples / (t1[1] - t0[1])}
+def _rates(samples: int, t0: tuple[float, float], t1: tuple[float, float], losses: list[float]) -> dict[str, float]:
+    """Samples/s (wall and CPU) and the run's final train loss (the mean over its models of
+    the last step's loss): the speed figure with what the run reached beside it."""
+    return {"wall": samples / (t1[0] - t0[0]), "cpu": samples / (t1[1] - t0[1]),
+            "final_train_loss": sum(losses) / len(losses)}
 
 
 class _Stopwatch:
@@ -49,6 +55,7 @@ class _Stopwatch:
 
     def __init__(self) -> None:
         self.warmup, self.t0, self.t1 = 0, (0.0, 0.0), (0.0, 0.0)
+        self.losses: dict[int, float] = {}     # every worker's latest train loss
 
 
 WATCH = _Stopwatch()
@@ -60,6 +67,7 @@ class TimedDPSGD(DPSGD):
 
     def after_step(self, ctx: Context) -> None:
         super().after_step(ctx)
+        WATCH.losses[ctx.rank] = ctx.loss
         if ctx.rank == 0 and ctx.step == WATCH.warmup - 1:
             WATCH.t0 = _now()
         if ctx.rank == 0:
@@ -67,6 +75,7 @@ class TimedDPSGD(DPSGD):
 
 
 def bench_sim(n: int, steps: int, warmup: int) -> dict[str, float]:
+    register_configs()      # the declared defaults into Hydra's ConfigStore (stored once)
     with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
         cfg = compose("train", overrides=[
             "algorithm=dpsgd", "algorithm.name=bench_dpsgd", f"workers={n}", "topology=ring", "model=cnn",
@@ -74,9 +83,10 @@ def bench_sim(n: int, steps: int, warmup: int) -> dict[str, float]:
             "eval.per_worker=false", "log.tensorboard=false", "log.progress=false",
             "checkpoint.enabled=false"])   # checkpoint I/O is not the runtime under test
     WATCH.warmup = warmup
+    WATCH.losses.clear()
     with tempfile.TemporaryDirectory() as run_dir:      # the run's summary.json is not wanted
         Trainer(cfg, run_dir).run()
-    return _rates(n * BATCH * (steps - warmup), WATCH.t0, WATCH.t1)
+    return _rates(n * BATCH * (steps - warmup), WATCH.t0, WATCH.t1, list(WATCH.losses.values()))
 
 
 def _models(n: int, input_shape, classes: int) -> list[nn.Module]:
@@ -99,6 +109,7 @@ def bench_plain(n: int, steps: int, warmup: int) -> dict[str, float]:
     for step in range(steps):
         if step == warmup:
             t0 = _now()
+        losses = []
         for i, (m, opt) in enumerate(zip(models, opts)):
             pos = (step * BATCH) % (len(orders[i]) - BATCH)
             idx = orders[i][pos:pos + BATCH]
@@ -106,7 +117,7 @@ def bench_plain(n: int, steps: int, warmup: int) -> dict[str, float]:
             opt.zero_grad()
             loss = nn.functional.cross_entropy(m(ds.train.x[idx]), ds.train.y[idx])
             loss.backward()
-            loss.item()         # the sim reads every loss too (logging, divergence check)
+            losses.append(loss.item())  # the sim reads every loss too (logging, divergence check)
             opt.step()
         with torch.no_grad():   # ring mixing, by hand
             for k in range(len(params[0])):
@@ -114,7 +125,7 @@ def bench_plain(n: int, steps: int, warmup: int) -> dict[str, float]:
                 mixed = (x + x.roll(1, 0) + x.roll(-1, 0)) / 3
                 for i in range(n):
                     params[i][k].copy_(mixed[i])
-    return _rates(n * BATCH * (steps - warmup), t0, _now())
+    return _rates(n * BATCH * (steps - warmup), t0, _now(), losses)
 
 
 def bench_single(n: int, steps: int, warmup: int) -> dict[str, float]:
@@ -133,9 +144,9 @@ def bench_single(n: int, steps: int, warmup: int) -> dict[str, float]:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(ds.train.x[idx]), ds.train.y[idx])
         loss.backward()
-        loss.item()
+        last = loss.item()
         opt.step()
-    return _rates(b * (steps - warmup), t0, _now())
+    return _rates(b * (steps - warmup), t0, _now(), [last])
 
 
 def main() -> None:
@@ -152,7 +163,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    results = {"batch_per_worker": BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+    results = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count(), "batch_per_worker": BATCH, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "workers": {}}
     for n in args.workers:
         runs: dict[str, list[dict[str, float]]] = {"sim": [], "plain": [], "single": []}
@@ -165,13 +176,16 @@ def main() -> None:
             for clock in ("wall", "cpu"):
                 rate = {k: pick([r[clock] for r in v]) for k, v in runs.items()}
                 key = f"{stat}_per_{clock}_s"
+                loss = {k: v[-1]["final_train_loss"] for k, v in runs.items()}    # the last round's
                 entry[key] = {"samples_per_s": rate, "sim_vs_plain": rate["sim"] / rate["plain"],
-                              "sim_vs_single": rate["sim"] / rate["single"]}
+                              "sim_vs_single": rate["sim"] / rate["single"], "final_train_loss": loss}
                 print(f"n={n:3d} {stat:6s} per {clock:4s} s: sim {rate['sim']:6.0f} samples/s  plain loop "
                       f"{rate['plain']:6.0f}  one model, batch {n * BATCH}: {rate['single']:6.0f}  "
-                      f"sim/plain {rate['sim'] / rate['plain']:.3f}  sim/single {rate['sim'] / rate['single']:.3f}",
+                      f"sim/plain {rate['sim'] / rate['plain']:.3f}  sim/single {rate['sim'] / rate['single']:.3f}  "
+                      f"final train loss sim {loss['sim']:.3f} plain {loss['plain']:.3f} single {loss['single']:.3f}",
                       flush=True)
         results["workers"][str(n)] = entry
+    results["load_avg_end"] = os.getloadavg()
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 
