@@ -110,8 +110,9 @@ def _imports(paths) -> dict[str, set[str]]:
 
 
 def test_every_imported_package_is_declared():
-    """What the package imports is in pyproject's dependencies; matplotlib, the one optional
-    import, only through distlib/plotting.py and in the ``plot`` extra; what the tests import
+    """What the package imports is in pyproject's dependencies; the optional imports each
+    through one module and in their extra (matplotlib: distlib/plotting.py, ``plot``; torchft:
+    distlib/comm/ft.py, ``ft``); what the tests import
     besides, in the ``test`` extra."""
     import importlib.metadata as md
     import re
@@ -122,7 +123,9 @@ def test_every_imported_package_is_declared():
         return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
     declared = {dist(r) for r in project["dependencies"]}
-    optional = {dist(r) for r in project["optional-dependencies"]["plot"]}
+    extras = project["optional-dependencies"]
+    # an optional import lives in one module, and its package in that extra
+    optional_imports = {"matplotlib": ({"distlib/plotting.py"}, "plot"), "torchft": ({"distlib/comm/ft.py"}, "ft")}
     for_tests = declared | {dist(r) for r in project["optional-dependencies"]["test"]}
     providers = {k: {d.lower().replace("_", "-") for d in v} for k, v in md.packages_distributions().items()}
     sources = [p for d in ("distlib", "algorithms", "configs") for p in (ROOT / d).rglob("*.py")]
@@ -130,8 +133,9 @@ def test_every_imported_package_is_declared():
         if name in sys.stdlib_module_names or name in ("distlib", "algorithms"):
             continue
         dists = providers.get(name, {name})
-        if name == "matplotlib":
-            assert files == {"distlib/plotting.py"} and dists & optional
+        if name in optional_imports:
+            where, extra = optional_imports[name]
+            assert files == where and dists & {dist(r) for r in extras[extra]}, (name, files)
         else:
             assert dists & declared, f"{name} (imported by {sorted(files)}) is not in [project] dependencies"
     local = {p.stem for p in (ROOT / "tests").glob("*.py")}
