@@ -215,6 +215,22 @@ ROWS: list[tuple[list[str], str]] = [
     (["model=nope"], "model: unknown option 'nope'; available:"),
     (["model.name=nope"], "model: unknown model 'nope'; available:"),
     (["model.hiddn=[8]"], "model.hiddn: unknown config key; did you mean 'model.hidden'?"),
+    # -- language models (model=gpt, dataset=text) --------------------------------------------------
+    (["dataset=text", "model=gpt", "model.n_layer=0"], "model.n_layer: must be an integer >= 1, got 0"),
+    (["dataset=text", "model=gpt", "model.n_head=3"], "model.n_embd: must be a multiple of model.n_head (3), got 64"),
+    (["dataset=text", "model=gpt", "model.n_embd=0"], "model.n_embd: must be an integer >= 1, got 0"),
+    (["dataset=text", "model=gpt", "model.dropout=1"], "model.dropout: must be a number >= 0 and < 1, got 1"),
+    (["dataset=text", "model=gpt", "model.block_size=8"], "model.block_size: 8 is shorter than the dataset's windows "
+                                                          "(dataset.block_size=64); set model.block_size >= 64"),
+    (["dataset=text", "model=gpt", "dataset.tokenizer=word"], "dataset.tokenizer: unknown 'word'; allowed: char, byte"),
+    (["dataset=text", "model=gpt", "dataset.path={dir}/none.txt"],
+     "dataset.path: file '{dir}/none.txt' does not exist"),
+    (["dataset=text", "model=gpt", "dataset.block_size=0"], "dataset.block_size: must be an integer >= 1, got 0"),
+    (["dataset=text", "model=gpt", "dataset.partition=dirichlet"],
+     "dataset.partition: dirichlet splits by class, and dataset text has none; allowed: iid, contiguous"),
+    (["dataset=text", "model=mlp"], "model: mlp takes images (C, H, W) or signals (C, L) or vectors (D,) but dataset "
+                                    "text gives token sequences (text) of shape (64,); models for this dataset: gpt"),
+    (["dataset=mnist", "model=gpt"], "model: gpt takes token sequences (text) but dataset mnist gives images"),
     # -- backend ----------------------------------------------------------------------------------
     (["backend=mpi"], "backend: unknown option 'mpi'; available: sim, torch"),
     (["backend=torch"], "backend: torch needs the torchrun environment"),
