@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -131,3 +133,24 @@ def comparable(summary: dict) -> dict:
     for h in s["history"]:
         h.pop("wall_s", None)
     return s
+
+
+class DocPage:
+    """A tutorial page under docs/ whose code blocks are a user's project: each python or yaml
+    block starts with ``# <its path>``; the tests write them out and run them as written."""
+
+    def __init__(self, name: str) -> None:
+        self.path = Path(__file__).resolve().parents[1] / "docs" / name
+
+    def blocks(self, lang: str) -> list[str]:
+        return re.findall(rf"```{lang}\n(.*?)```", self.path.read_text(), re.S)
+
+    def write_project(self, root: Path) -> Path:
+        """Every python and yaml block written to the file it names, under ``root``."""
+        for block in self.blocks("python") + self.blocks("yaml"):
+            first = block.splitlines()[0]
+            assert first.startswith("# "), "each file on the page starts with '# <its path>'"
+            path = root / first[2:].strip()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block)
+        return root

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,26 +17,16 @@ import torch
 from distlib.comm.sim import SimWorld
 from distlib.strategy import Context
 from distlib.topology import Topology, complete
-from support import VectorWorker, run_workers
+from support import DocPage, VectorWorker, run_workers
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-strategy.md"
-
-
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", PAGE.read_text(), re.S)
+PAGE = DocPage("writing-a-strategy.md")
+_blocks = PAGE.blocks
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The user's project as the page describes it: random_pair.py and configs/algorithm/."""
-    root = tmp_path_factory.mktemp("project")
-    for block in _blocks("python") + _blocks("yaml"):
-        first = block.splitlines()[0]
-        assert first.startswith("# "), "each file on the page starts with '# <its path>'"
-        path = root / first[2:].strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(block)
-    return root
+    return PAGE.write_project(tmp_path_factory.mktemp("project"))
 
 
 def test_the_algorithm_fits_in_40_lines():

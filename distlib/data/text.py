@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from distlib.data.datasets import DATASETS, Dataset, empty_shard_error
+from distlib.data.datasets import DATASETS, Batches, Dataset
 from distlib.errors import ConfigError
 from distlib.options import choice, integer, number
 
@@ -134,41 +134,26 @@ class TokenSplit:
             yield b[:, :-1], b[:, 1:]
 
 
-class TextBatches:
-    """One worker's endless stream of (x, y) windows from its chunks, reshuffled every pass;
-    the order and the offsets come from the worker's own generator (on the CPU), so the
-    stream is reproducible and is saved and restored exactly."""
+class TextBatches(Batches):
+    """One worker's endless stream of (x, y) windows from its chunks, reshuffled every pass:
+    the shard's stream of :class:`Batches` (the same order, carry-over and saved state), whose
+    samples are chunks; a window starts at a random offset inside its chunk, drawn from the
+    worker's own generator after the batch's chunks."""
 
     def __init__(self, data: TokenSplit, indices: np.ndarray, batch_size: int, seed: int) -> None:
-        if len(indices) == 0:
-            raise empty_shard_error()
-        self.data = data
-        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(seed)
         self._windows = data.windows()
-        self._order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
-        self._pos = 0
+        super().__init__(data, indices, batch_size, seed)     # type: ignore[arg-type]
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._pos + self.batch_size > len(self._order):
-            rest = self._order[self._pos:]      # carried over: no chunk of a pass is skipped
-            fresh = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
-            self._order, self._pos = torch.cat([rest, fresh]), 0
-        chunks = self._order[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
+    def _set_order(self, order: torch.Tensor, pos: int) -> None:
+        self._order, self._pos = order, pos     # chunk arithmetic stays on the CPU
+
+    def _gather(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = self._order[pos:pos + self.batch_size]
         T = self.data.block_size
         offsets = torch.randint(0, T, (len(chunks),), generator=self.gen)
         starts = torch.clamp(chunks * T + offsets, max=len(self._windows) - 1)
         w = self._windows[starts.to(self._windows.device)]
         return w[:, :-1], w[:, 1:]
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "order": self._order.clone(), "pos": self._pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self._order, self._pos = state["order"].clone(), int(state["pos"])
 
 
 def split_by_position(n: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:
