@@ -56,3 +56,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tmpfs():
+    """``mount(dir, size, *options)``: a tmpfs of ``size`` bytes there, unmounted after the test;
+    the test skips where no tmpfs can be mounted (not root)."""
+    import shutil
+    import subprocess
+    mounted: list[Path] = []
+
+    def mount(where: Path, size: int, *options: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        opts = ",".join([f"size={size}", *options])
+        if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                                                           capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(where)
+        return where
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

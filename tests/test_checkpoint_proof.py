@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -189,28 +188,6 @@ def test_a_kill_between_rename_and_removal_leaves_a_run_that_resumes(tmp_path, m
 
 
 # -- a write that fails -------------------------------------------------------------------------------
-def _mount_tmpfs(where: Path, size: int, *options: str) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join([f"size={size}", *options])
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """``mount(dir, size, *options)``: a tmpfs there, unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(where: Path, size: int, *options: str) -> Path:
-        _mount_tmpfs(where, size, *options)
-        mounted.append(where)
-        return where
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["tmpfs", "patched writer"])
 def test_a_disk_that_fills_during_a_write_gives_one_line_and_keeps_the_previous_checkpoint(

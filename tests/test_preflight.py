@@ -4,8 +4,6 @@ real checkpoints)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import TINY, make_cfg, run_training
@@ -18,28 +16,6 @@ from distlib.models import MODELS
 from distlib.worker import Worker
 
 RUN = (*TINY, "workers=4", "model.hidden=[256]", "cluster.step_time_s=0.01")
-
-
-def _mount(where: Path, size: int, *options: str) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join([f"size={size}", *options])
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-
-
-@pytest.fixture
-def tmpfs():
-    """``mount(dir, size, *options)``: a tmpfs there, unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(where: Path, size: int, *options: str) -> Path:
-        _mount(where, size, *options)
-        mounted.append(where)
-        return where
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture
