@@ -157,27 +157,22 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resuming_is_the_same_run(t
     assert comparable(resumed) == comparable(whole)
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
-    """The terminal's Ctrl-C reaches torchrun and both ranks (one process group); torchrun then
-    also sends SIGTERM to its ranks. Both ranks finish the same step, write one checkpoint, and
-    each prints the resume line."""
+def _torchrun_signalled_after_a_checkpoint(overrides: list[str], run_dir, cwd, sig: int) -> tuple[int, list[str]]:
+    """``distlib-train OVERRIDES`` on 2 ranks under torchrun (one process group, as a terminal
+    makes it), sent ``sig`` once the first checkpoint is complete: the step both ranks stopped
+    at (they must agree and have its checkpoint) and the ``interrupted by`` lines, one per rank."""
     from support import free_port
-    run_dir = tmp_path / "run"
-    overrides = [*CLI_RUN[:4], "batch_size=16", "max_steps=100000", "eval_every=50", "checkpoint.every=5",
-                 "log.progress=false", "backend=torch", "backend.dist=gloo", "backend.timeout_s=60"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "distlib", *overrides, f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not ckpt.complete_steps(run_dir / "checkpoints"):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -189,9 +184,22 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tm
     assert len(steps) == 1, lines
     (stop,) = steps
     assert ckpt.complete_steps(run_dir / "checkpoints")[-1] == stop
-    assert "torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
     # no rank printed a traceback (torchrun's agent prints its own SignalException: not ours to change)
     assert not [line for line in err.splitlines() if 'File "' in line and "/distlib/" in line], err[-3000:]
+    return stop, lines
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """The terminal's Ctrl-C reaches torchrun and both ranks (one process group); torchrun then
+    also sends SIGTERM to its ranks. Both ranks finish the same step, write one checkpoint, and
+    each prints the resume line."""
+    overrides = [*CLI_RUN[:4], "batch_size=16", "max_steps=100000", "eval_every=50", "checkpoint.every=5",
+                 "log.progress=false", "backend=torch", "backend.dist=gloo", "backend.timeout_s=60"]
+    # SIGINT to the process group: what Ctrl-C in a terminal does
+    _, lines = _torchrun_signalled_after_a_checkpoint(overrides, tmp_path / "run", tmp_path, signal.SIGINT)
+    assert "torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
 
 
 # -- the asynchronous loop: the same behaviour ------------------------------------------------------
@@ -240,33 +248,9 @@ def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkey
 def test_signal_under_torchrun_cuts_async_ps_with_a_checkpoint_and_the_resume_line(tmp_path, sig):
     """async_ps under torchrun (one worker, the server: 2 processes): a signal makes the server
     cut; both ranks save at the same step and print the resume line with torchrun's command."""
-    from support import free_port
-    run_dir = tmp_path / "run"
     overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=3000", "eval_every=50",
                  "checkpoint.every=5", "cluster.step_time_s=0.01", "backend=torch", "backend.dist=gloo",
                  "backend.timeout_s=60"]
-
-    def torchrun(args):
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={free_port()}", "-m", "distlib", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(torchrun([*overrides, f"hydra.run.dir={run_dir}"]), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not ckpt.complete_steps(run_dir / "checkpoints"):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        os.killpg(proc.pid, sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    lines = [line for line in err.splitlines() if line.startswith("interrupted by ")]
-    assert len(lines) == 2, err[-3000:]
-    steps = {int(line.split(" at step ")[1].split()[0]) for line in lines}
-    assert len(steps) == 1, lines
-    (stop,) = steps
-    assert 0 < stop < 3000 and ckpt.complete_steps(run_dir / "checkpoints")[-1] == stop
+    stop, lines = _torchrun_signalled_after_a_checkpoint(overrides, tmp_path / "run", tmp_path, sig)
+    assert 0 < stop < 3000
     assert "resume with: torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
