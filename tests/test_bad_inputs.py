@@ -4,7 +4,9 @@ this process, so the table stays fast) and must stop before any work with exit s
 ONE line on stderr, the row's expected line, and no traceback."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from support import cli_in_process
@@ -257,15 +259,15 @@ ROWS: list[tuple[list[str], str]] = [
     (["experiment=aldsgd_paper"], "experiment: not in the defaults list, so it is added, not overridden: write "
                                   "+experiment=aldsgd_paper"),
     (["+experiment=nope"], "experiment: unknown option 'nope'; available: "),
-    (["algorithm.name=random_pair"], "algorithm: unknown algorithm 'random_pair'; available: "),
-    (["algorithm=random_pair"], "algorithm: unknown option 'random_pair'; available: "),
-    (["imports=[random_pair]", "~algorithm", "+algorithm._target_=random_pair.RandomPair", "algorithm.xyz=1"],
+    (["algorithm.name=my_rule"], "algorithm: unknown algorithm 'my_rule'; available: "),
+    (["algorithm=my_rule"], "algorithm: unknown option 'my_rule'; available: "),
+    (["imports=[my_rule]", "~algorithm", "+algorithm._target_=my_rule.MyRule", "algorithm.xyz=1"],
      "algorithm.xyz: unknown config key; the keys of algorithm are: name, weight"),     # a user's strategy, in full
 ]
 
 
 @pytest.fixture
-def files(tmp_path, monkeypatch) -> Path:
+def files(tmp_path, monkeypatch) -> Iterator[Path]:
     """The files the rows name, and a working directory holding a user's strategy module."""
     (tmp_path / "a_file").write_text("not a directory\n")
     (tmp_path / "three_nodes.txt").write_text("0 1\n1 2\n2 0\n")
@@ -277,12 +279,16 @@ def files(tmp_path, monkeypatch) -> Path:
             for i in range(4):
                 Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / root / cls / f"{i}.png")
     (tmp_path / "not_images" / "cat" / "notes.png").write_text("this is text, not an image\n")
-    (tmp_path / "random_pair.py").write_text('from distlib.strategy import STRATEGIES\n\n'
-                                            '@STRATEGIES.register("random_pair")\nclass RandomPair:\n'
-                                            '    def __init__(self, weight: float = 0.5) -> None:\n'
-                                            '        self.weight = weight\n')
+    (tmp_path / "my_rule.py").write_text('from distlib.strategy import STRATEGIES\n\n'
+                                        '@STRATEGIES.register("my_rule")\nclass MyRule:\n'
+                                        '    def __init__(self, weight: float = 0.5) -> None:\n'
+                                        '        self.weight = weight\n')
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    yield tmp_path
+    # a row that imported the user's module leaves no trace for the next row or test file
+    from distlib.strategy import STRATEGIES
+    sys.modules.pop("my_rule", None)
+    STRATEGIES._table.pop("my_rule", None)
 
 
 def argv(row: list[str], d: Path) -> list[str]:
@@ -296,7 +302,7 @@ def argv(row: list[str], d: Path) -> list[str]:
 #: one row per group in the fast tier (each row costs Hydra's two compositions, ~0.3 s); the
 #: whole table runs in the full suite
 FAST = {"optim.lr=inf", "dataset.sample_with_replacement=true", "checkpoint.dir={dir}/a_file", "model.hidden=[0]",
-        "algorithm.name=random_pair", "experiment=aldsgd_paper", "hydra.run.dir={dir}/a_file", "compression=topk",
+        "algorithm.name=my_rule", "experiment=aldsgd_paper", "hydra.run.dir={dir}/a_file", "compression=topk",
         "cluster.slowdown_prob=1.5", "log.every_n_steps=0"}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -14,7 +15,7 @@ def _widths(where: str, value: object) -> list[int]:
     """Layer widths: a list of integers >= 1 (a width of 0 trains a constant, at chance)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, Sequence) or isinstance(value, str):     # a list, a tuple, OmegaConf's ListConfig
         raise ConfigError(f"{where}: must be a list of integers >= 1, got {value!r}")
     return [integer(f"{where}[{i}]", h, ge=1) for i, h in enumerate(value)]
 
