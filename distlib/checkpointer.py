@@ -92,7 +92,7 @@ class Checkpointer:
         collective that fails with a CommError). Called by every worker right after it is
         built; nothing to do when this process holds every worker.
         """
-        if len(self.local_ranks) == self.world_size:
+        if self._alone(comm):
             return
         with comm.uncounted():
             root = _broadcast_text(comm, str(self.root))
@@ -107,6 +107,11 @@ class Checkpointer:
             if digest != self.identity.digest:     # an input file differs between the machines
                 raise CheckpointError(f"resume: rank {comm.rank} sees other input files than rank 0 "
                                       f"({', '.join(self.identity.inputs) or 'config'}); give every rank the same files")
+
+    def _alone(self, comm: "Communicator") -> bool:
+        """No other process shares this run's checkpoints: it holds every worker, or it is a
+        torchft replica (its own checkpoint directory; it heals from a live peer instead)."""
+        return len(self.local_ranks) == self.world_size or not comm.shares_setup
 
     # -- when ----------------------------------------------------------------------------------
     def due(self, done: int) -> bool:
@@ -177,9 +182,9 @@ class Checkpointer:
         if not failed:
             return
         self._pending.clear()
-        message = _broadcast_text(comm, error or "", src=failed[0]) if len(self.local_ranks) < self.world_size \
-            else self._failure
-        if 0 in self.local_ranks:   # every local rank: on the simulator the first to run raises for all
+        alone = self._alone(comm)
+        message = self._failure if alone else _broadcast_text(comm, error or "", src=failed[0])
+        if 0 in self.local_ranks or alone:   # every local rank: on the simulator the first to run raises for all
             ckpt.discard_partial(self.root, step)
         done = ckpt.complete_steps(self.root)
         kept = f"kept the previous checkpoint {ckpt.step_dir(self.root, done[-1]).name}" if done else \

@@ -62,10 +62,15 @@ def test_killed_replica_rejoins_from_a_live_peer_and_the_others_lose_no_step(tmp
             if p.poll() is None:
                 p.kill()
         lighthouse.shutdown()
-    for r in (0, 1):        # the survivors: every step committed once, in order, through the kill
+    # The survivors: every step committed once, in order, through the kill. A replica that
+    # started late (a loaded machine) joins the first quorum by healing, at a later first step.
+    firsts = []
+    for r in (0, 1):
         steps = _steps(tmp_path / f"steps{r}.txt")
-        assert steps == list(range(1, STEPS + 1)), (r, steps[:5], len(steps))
-        assert at_kill[r] < STEPS
+        firsts.append(steps[0])
+        assert steps == list(range(steps[0], STEPS + 1)), (r, steps[:5], len(steps))
+        assert 0 < at_kill[r] < STEPS      # it was training when replica 2 died, and went on after
+    assert min(firsts) == 1
     rejoined = _steps(tmp_path / "steps2_restarted.txt")
     assert rejoined[0] > 1 and rejoined[-1] == STEPS      # it jumped to the live step, then went on
     x = {r: torch.load(tmp_path / f"params_{r}.pt") for r in range(3)}

@@ -117,6 +117,9 @@ class Communicator(ABC):
     #: from autograd hooks during the backward pass (torch.distributed); False: it completes
     #: at once, and is called between hooks only (the simulator switches workers inside it)
     nonblocking_collectives: bool = False
+    #: whether set-up collectives (broadcast, all_gather) reach every rank: False for a torchft
+    #: replica, whose checkpoints are its own and which heals from a live peer instead
+    shares_setup: bool = True
 
     def all_reduce_start(self, tensor: torch.Tensor, op: str = "sum") -> Handle:
         """Start an all-reduce of ``tensor`` in place; it holds the result once ``wait()`` returns.

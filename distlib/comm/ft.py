@@ -28,6 +28,8 @@ class FTCommunicator(Communicator):
     """A replica's view: training all-reduces go through the torchft Manager (mean over the
     replicas of this step's quorum); measurement and set-up calls stay inside the replica."""
 
+    shares_setup = False     # set-up calls stay inside the replica (see broadcast)
+
     def __init__(self, replica: int, replicas: int, timeout_s: float, min_replicas: int = 1) -> None:
         from torchft import Manager, ProcessGroupGloo
         self.rank, self.world_size, self.counters = replica, replicas, Counters()
