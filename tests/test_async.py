@@ -189,6 +189,7 @@ def _final_objective(trainer, params: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("algo", ["async_ps", "ad_psgd"])
+@pytest.mark.slow
 def test_converges_within_one_percent_of_the_optimum_on_the_simulator(tmp_path: Path, algo: str) -> None:
     tr, _ = run_training(make_cfg(*CONVEX, f"algorithm={algo}", "workers=3", "topology=ring"), tmp_path)
     # After finish every rank of async_ps holds the server's x; AD-PSGD is judged by the average model.

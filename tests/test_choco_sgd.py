@@ -79,6 +79,7 @@ def test_choco_with_topk_converges_to_the_optimum_of_a_quadratic():
     ("topk", lambda p: 8 * math.ceil(0.01 * p)), ("randomk", lambda p: 4 * math.ceil(0.01 * p)),
     ("qsgd", lambda p: 4 + math.ceil(4 * p / 8)), ("sign", lambda p: 4 + math.ceil(p / 8)),
     ("none", lambda p: 4 * p)])
+@pytest.mark.slow
 def test_choco_sends_the_documented_bytes(tmp_path, compression, per_message):
     n, steps = 5, 3
     cfg = make_cfg(*TINY, "algorithm=choco_sgd", "algorithm.gamma=0.5", f"compression={compression}",

@@ -96,6 +96,7 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, graphs, args, expected)
 
 
 @pytest.mark.parametrize("args,expected", CLI_CASES, ids=lambda a: str(a)[:40])
+@pytest.mark.slow
 def test_cli_entry_point_in_process(tmp_path, graphs, monkeypatch, capsys, args, expected):
     """The same entry point called in this process (fast), for every bad input."""
     from distlib import cli

@@ -91,6 +91,7 @@ def _state_tensors(state, where: str = "strategy") -> list[tuple[str, torch.Tens
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", sorted(SHIPPED))
+@pytest.mark.slow
 def test_every_tensor_of_every_worker_is_on_its_device(tmp_path, monkeypatch, algo, device):
     spy = _Spy(monkeypatch)
     cfg = make_cfg(*TINY, f"algorithm={algo}", *SHIPPED[algo], "workers=4", "max_steps=3", f"device={device}",

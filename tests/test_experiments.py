@@ -70,6 +70,7 @@ def test_paper_preset_holds_the_published_values():
 
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("algorithm", ["dpsgd", "matcha", "allreduce_sgd"])
+@pytest.mark.slow
 def test_baselines_run_in_the_preset_setting(name, algorithm):
     """``+experiment=X algorithm=Y`` must give Y's own options only (no AL-DSGD leftovers)."""
     c = make_cfg(f"+experiment={name}", f"algorithm={algorithm}", "topology=matcha_er8", "optim.lr=0.1")

@@ -92,6 +92,7 @@ def test_the_sweeps_cover_the_tables_cells() -> None:
         {f"optim.lr={lr}" for lr in (0.05, 0.1, 0.2, 0.4, 0.8)}
 
 
+@pytest.mark.slow
 def test_a_real_grid_run_is_recognised_as_complete(tmp_path):
     """A real run of a sweep's job (1 epoch = 31 steps): its summary reaches epochs x
     steps_per_epoch, which is how the runner knows it need not run it again."""

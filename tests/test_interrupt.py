@@ -51,6 +51,7 @@ def signal_during(monkeypatch, rank: int, call: int, sig: int = signal.SIGINT) -
 # local SGD lets workers run several steps apart between averagings: they must still agree
 @pytest.mark.parametrize("algo", [["algorithm=dpsgd"], ["algorithm=local_sgd", "algorithm.period=5"]],
                          ids=["dpsgd", "local_sgd"])
+@pytest.mark.slow
 def test_signal_stops_every_worker_at_one_step_and_resume_is_the_same_run(tmp_path, monkeypatch, handlers, algo):
     overrides = (*RUN, *algo, "max_steps=14")
     _, whole = run_training(make_cfg(*overrides), tmp_path / "whole")

@@ -161,6 +161,7 @@ def test_communication_matches_the_probabilities():
     assert s["matcha/peers"] * steps * 2 * 8 == pytest.approx(sent[0])
 
 
+@pytest.mark.slow
 def test_activations_agree_across_workers_and_runs():
     topo = Topology(ER8)
     _, sent, peers, _ = _gossip_run(lambda: MATCHA(budget=0.3), topo, 300, seed=7)

@@ -219,6 +219,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("overrides,message", BAD)
+@pytest.mark.slow
 def test_a_wrong_optimizer_setting_is_one_line(overrides, message, monkeypatch, capsys, tmp_path):
     code, lines = cli_in_process([*overrides, f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
     assert code == 2 and len(lines) == 1, lines

@@ -28,6 +28,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+@pytest.mark.slow
 def test_unknown_key_is_one_line_with_the_closest_key(tmp_path, monkeypatch, capsys, args, expected):
     code, err = cli_in_process([*SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert (code, err) == (2, [expected])

@@ -154,6 +154,7 @@ def test_small_tools_start_without_torch():
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow
 def test_registries_resolve_whatever_was_imported_first():
     """A shipped strategy is found by name in a fresh interpreter that imported nothing else."""
     proc = _fresh("from distlib.strategy import STRATEGIES\n"

@@ -67,6 +67,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,expected", BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_naming_the_field(tmp_path, monkeypatch, capsys, args, expected):
     code, err = cli_in_process([*SMALL, *args, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2
