@@ -21,20 +21,27 @@ def info(line: str) -> None:
     if configured(logging.INFO):
         LOG.info(line)
     else:
-        print(line, flush=True)
+        _write(sys.stdout, line)
 
 
 def warning(line: str) -> None:
     if configured(logging.WARNING):
         LOG.warning(line)
     else:
-        print(line, file=sys.stderr, flush=True)
+        _write(sys.stderr, line)
 
 
 def error(line: str) -> None:
     """``line`` on stderr (the one line a failing run prints) and into the run's log file."""
-    print(line, file=sys.stderr, flush=True)
+    _write(sys.stderr, line)
     record = LOG.makeRecord(LOG.name, logging.ERROR, __file__, 0, line, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def _write(stream, line: str) -> None:
+    """``line`` and its newline in ONE write: with unbuffered streams (torchrun's ranks) print's
+    two writes interleave with another rank's, which glues their lines together."""
+    stream.write(line + "\n")
+    stream.flush()
