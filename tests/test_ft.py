@@ -62,15 +62,15 @@ def test_killed_replica_rejoins_from_a_live_peer_and_the_others_lose_no_step(tmp
             if p.poll() is None:
                 p.kill()
         lighthouse.shutdown()
-    # The survivors: every step committed once, in order, through the kill. A replica that
-    # started late (a loaded machine) joins the first quorum by healing, at a later first step.
-    firsts = []
-    for r in (0, 1):
-        steps = _steps(tmp_path / f"steps{r}.txt")
-        firsts.append(steps[0])
-        assert steps == list(range(steps[0], STEPS + 1)), (r, steps[:5], len(steps))
+    # The survivors went on through the kill, each step once and in order, and together they
+    # lost no step: a replica whose vote failed while its peer's succeeded (the kill landing
+    # between the two) heals from that peer at the next quorum and jumps over the step it did
+    # not commit itself, as does a replica that started late on a loaded machine.
+    survivors = [_steps(tmp_path / f"steps{r}.txt") for r in (0, 1)]
+    for r, steps in enumerate(survivors):
+        assert steps == sorted(set(steps)) and steps[-1] == STEPS, (r, steps[:5], len(steps))
         assert 0 < at_kill[r] < STEPS      # it was training when replica 2 died, and went on after
-    assert min(firsts) == 1
+    assert set(survivors[0]) | set(survivors[1]) == set(range(1, STEPS + 1))
     rejoined = _steps(tmp_path / "steps2_restarted.txt")
     assert rejoined[0] > 1 and rejoined[-1] == STEPS      # it jumped to the live step, then went on
     x = {r: torch.load(tmp_path / f"params_{r}.pt") for r in range(3)}
