@@ -136,7 +136,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
             return compose("train", overrides=[
                 "algorithm=dpsgd", "algorithm.name=bench_scale_dpsgd", f"workers={workers}", f"topology={graph}",
                 "model=mlp", "dataset=mnist", "dataset.name=bench_digits", f"batch_size={BATCH}",
-                f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={EVAL_SAMPLE}",
+                f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={min(EVAL_SAMPLE, workers)}",
                 "log.tensorboard=false", "log.progress=false", "checkpoint.enabled=false"])
     cfg = config(n, total)
     with tempfile.TemporaryDirectory() as run_dir:      # imports and first calls, before any timing

@@ -140,11 +140,13 @@ class Communicator(ABC):
 
     # -- neighbour exchange -----------------------------------------------------------------
     @abstractmethod
-    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int], *, borrow: bool = False) -> dict[int, torch.Tensor]:
         """Send ``tensor`` to every peer and receive each peer's tensor: {peer: tensor}.
 
         Each peer must call ``exchange`` with this worker among its peers. Received tensors
-        are read-only snapshots owned by the communicator.
+        are read-only snapshots owned by the communicator. ``borrow=True``: they are lent only
+        until this worker's next ``exchange(borrow=True)``; the caller reads them and keeps
+        none, so a backend may receive into the same memory every call (gossip does).
         """
 
     # -- point to point ---------------------------------------------------------------------

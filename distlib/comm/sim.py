@@ -338,7 +338,8 @@ class SimCommunicator(Communicator):
         self.world.block(self.rank, what, lambda: all(chans),
                          lambda: [s for s, ch in zip(srcs, chans) if not ch])
 
-    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int], *, borrow: bool = False) -> dict[int, torch.Tensor]:
+        # ``borrow`` changes nothing here: every call's snapshots are new (peers read them later)
         peers = list(peers)
         snapshot = tensor.detach().clone() if peers else None   # one for all peers: they only read it
         for p in peers:
