@@ -77,7 +77,7 @@ def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> None:
         return
     low = comm.message_dtype
     # borrowed: read by mix_into at once and kept by no one (the dist backend reuses the memory)
-    got = comm.exchange(x if low is None or low == x.dtype else x.to(low), plan.peers, borrow=True)
+    got = comm.exchange_borrowed(x if low is None or low == x.dtype else x.to(low), plan.peers)
     mix_into(x, got, plan.w_self, plan.w_peers)
 
 

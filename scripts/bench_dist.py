@@ -7,7 +7,7 @@ For 2 and 4 processes, the MLP (784-200-10) on the embedded MNIST, batch 32 per 
     torch.nn.parallel.DistributedDataParallel: seconds per iteration, ratio distlib / DDP;
     without and with ``algorithm.overlap=true`` (bucket all-reduces started from gradient
     hooks during the backward pass; buckets of ``--bucket-mb``, DDP's 25 MB by default);
-(b) D-PSGD's neighbour exchange (``comm.exchange(x, peers, borrow=True)``, the call gossip
+(b) D-PSGD's neighbour exchange (``comm.exchange_borrowed(x, peers)``, the call gossip
     makes, of the flat parameters with both ring neighbours) against a bare
     ``dist.batch_isend_irecv`` of the same tensors into buffers allocated once: seconds per
     call, ratio;
@@ -167,7 +167,7 @@ def exchange_round(numel: int, calls: int, warmup: int) -> dict[str, float]:
         for w in dist.batch_isend_irecv(ops):
             w.wait()
 
-    variants = {"exchange": lambda: comm.exchange(x, peers, borrow=True), "bare": bare, "bare_again": bare}
+    variants = {"exchange": lambda: comm.exchange_borrowed(x, peers), "bare": bare, "bare_again": bare}
     names = list(variants)
     spent: dict[str, list[float]] = {k: [] for k in names}
     for i in range(warmup + calls):     # alternating call by call, the order rotating: drifting load hits all alike

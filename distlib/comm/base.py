@@ -140,14 +140,19 @@ class Communicator(ABC):
 
     # -- neighbour exchange -----------------------------------------------------------------
     @abstractmethod
-    def exchange(self, tensor: torch.Tensor, peers: Sequence[int], *, borrow: bool = False) -> dict[int, torch.Tensor]:
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Send ``tensor`` to every peer and receive each peer's tensor: {peer: tensor}.
 
         Each peer must call ``exchange`` with this worker among its peers. Received tensors
-        are read-only snapshots owned by the communicator. ``borrow=True``: they are lent only
-        until this worker's next ``exchange(borrow=True)``; the caller reads them and keeps
-        none, so a backend may receive into the same memory every call (gossip does).
+        are read-only snapshots owned by the communicator.
         """
+
+    def exchange_borrowed(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """``exchange``, for a caller that reads what it receives at once and keeps none of it:
+        the tensors are lent until this worker's next ``exchange_borrowed``, so a backend may
+        receive into the same memory every call (gossip does; torch.distributed reuses its
+        buffers). By default, ``exchange`` itself."""
+        return self.exchange(tensor, peers)
 
     # -- point to point ---------------------------------------------------------------------
     # Tags keep message kinds apart: a receive on one tag never takes a message sent on another.

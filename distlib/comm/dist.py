@@ -119,7 +119,7 @@ class DistCommunicator(Communicator):
         #: names the rank that died after a communication error (set by TorchBackend.run)
         self.heartbeat: Heartbeat | None = None
         self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
-        #: exchange(borrow=True)'s receive buffers, per peer: lent to the caller until its next
+        #: exchange_borrowed's receive buffers, per peer: lent to the caller until its next
         #: exchange (a fresh 0.6 MB buffer per peer per call cost ~6% of a 2-process ring exchange)
         self._lent: dict[int, torch.Tensor] = {}
         #: the backend groups point-to-point operations (NCCL): exchange goes through
@@ -247,7 +247,14 @@ class DistCommunicator(Communicator):
             self._wait(dist.barrier(async_op=True, device_ids=ids))
 
     # -- neighbour exchange -----------------------------------------------------------------
-    def exchange(self, tensor: torch.Tensor, peers: Sequence[int], *, borrow: bool = False) -> dict[int, torch.Tensor]:
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        return self._exchange(tensor, peers, None)
+
+    def exchange_borrowed(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        return self._exchange(tensor, peers, self._lent)
+
+    def _exchange(self, tensor: torch.Tensor, peers: Sequence[int],
+                  pool: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
         # Called every step by gossip: no more Python than the transfer needs (a bare
         # batch_isend_irecv of the same tensors is the yardstick, scripts/bench_dist.py).
         n = self.world_size
@@ -259,7 +266,7 @@ class DistCommunicator(Communicator):
         self._flush()
         start = self._seg
         try:
-            w, got = self._swap(tensor, peers, self._lent if borrow else None)
+            w, got = self._swap(tensor, peers, pool)
         except RuntimeError as e:
             self._fail(f"exchange(peers={list(peers)})", e)
         now = time.perf_counter()

@@ -199,7 +199,11 @@ class SimWorld:
 
     # -- channels --------------------------------------------------------------------------
     def channel(self, src: int, dst: int, tag: Any) -> deque[_Message]:
-        return self.mailbox.setdefault((src, dst, tag), deque())
+        key = (src, dst, tag)
+        chan = self.mailbox.get(key)    # not setdefault: it would build a deque on every call
+        if chan is None:
+            chan = self.mailbox[key] = deque()
+        return chan
 
 
 class _SimHandle(Handle):
@@ -338,8 +342,7 @@ class SimCommunicator(Communicator):
         self.world.block(self.rank, what, lambda: all(chans),
                          lambda: [s for s, ch in zip(srcs, chans) if not ch])
 
-    def exchange(self, tensor: torch.Tensor, peers: Sequence[int], *, borrow: bool = False) -> dict[int, torch.Tensor]:
-        # ``borrow`` changes nothing here: every call's snapshots are new (peers read them later)
+    def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         peers = list(peers)
         snapshot = tensor.detach().clone() if peers else None   # one for all peers: they only read it
         for p in peers:
