@@ -25,7 +25,7 @@ def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
     """Run this rank (a worker or a service rank); rank 0 returns the summary (others None)."""
     ctx, role, loop = run.start(comm)
     logger = run.logger_of(comm.rank)
-    stopped = False
+    stopped, at = False, 0
     if isinstance(role, Service):
         while (cut := role.serve(ctx)) is not None:     # it stopped at a consistent cut
             at, stop = cut
@@ -35,8 +35,22 @@ def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
                 break
     else:
         assert isinstance(role, AsyncStrategy)
+
+        def cuts() -> bool:
+            """Save at every cut the protocol has reached; True: the run stops at the last."""
+            nonlocal at
+            while (cut := role.checkpoint_cut(ctx)) is not None:
+                at, stop = cut
+                run.checkpointer.save(ctx, role, loop, logger, at=at)
+                if stop:
+                    return True
+            return False
         for step in itertools.count(loop.step):
             ctx.step, ctx.epoch = step, step // run.steps_per_epoch
+            # the cuts reached by the last step (or, on resume, by the cut saved with this one)
+            if cuts():
+                stopped = True
+                break
             if not role.keep_training(ctx):
                 break
             comm.speed = run.cluster.speed(comm.rank, step)
@@ -47,12 +61,6 @@ def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
                 loop.window_loss = loop.take_mean_loss()
             if run.logger is not None:
                 run.logger.step_done(loop.step, ctx.loss, comm.clock)
-            if (cut := role.checkpoint_cut(ctx)) is not None:
-                at, stop = cut
-                run.checkpointer.save(ctx, role, loop, logger, at=at)
-                if stop:
-                    stopped = True
-                    break
     if stopped:
         run.stop.stopped(at)
     role.finish(ctx)

@@ -38,7 +38,7 @@ from distlib.optim import build_optimizer
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
-from distlib.protocol import AsyncStrategy, Service, ServiceContext
+from distlib.protocol import AsyncContext, AsyncStrategy, Service, ServiceContext
 from distlib.record import EvalRecord
 from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState
@@ -207,6 +207,9 @@ class Run:
                                  checkpoint_due=self.checkpointer.due, stop_requested=self.stop_requested,
                                  evaluate=lambda params, step: self.evaluate_alone(worker, comm, params, step),
                                  emit=self._emit_live)
+        elif self.asynchronous:     # a worker of an asynchronous protocol cuts for checkpoints itself
+            ctx = AsyncContext(worker, comm, self.topology, **common, checkpoint_due=self.checkpointer.due,
+                               stop_requested=self.stop_requested)
         else:
             ctx = Context(worker, comm, self.topology, **common)
         self.workers[rank], self.strategies[rank] = worker, role

@@ -230,17 +230,23 @@ def test_signal_during_async_ps_cuts_checkpoints_and_resume_is_the_same_run(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_ad_psgd_stops_at_once_with_its_exit_code(tmp_path, monkeypatch, handlers, sig, caplog):
-    """AD-PSGD has no consistent cut: it says so at start-up (one line) and a signal stops it at
-    once, with the signal's exit code and no checkpoint."""
-    caplog.set_level(logging.INFO, logger="distlib")
-    signal_during(monkeypatch, rank=1, call=3, sig=sig)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(make_cfg(*ASYNC_RUN, "algorithm=ad_psgd", "topology=ring", "log.progress=true"), tmp_path)
-    assert interrupt.stopped_by() == sig and ckpt.find(tmp_path) is None
-    assert [m for m in caplog.messages if m.startswith("checkpoints: ")] == [
-        "checkpoints: ad_psgd has no consistent cut; this run writes none (checkpoint.enabled=false says so; "
-        "see docs/checkpoints.md)"]
+def test_signal_during_ad_psgd_cuts_checkpoints_and_resume_is_the_same_run(tmp_path, monkeypatch, handlers, sig):
+    """AD-PSGD stops at its next due cut (every 2 steps here, which the uninterrupted run makes
+    too): the pair averagings drain, every worker saves and stops with the signal's exit code;
+    the resumed run's history is the uninterrupted run's (fixed step time, a straggler)."""
+    overrides = (*ASYNC_RUN, "workers=4", "algorithm=ad_psgd", "topology=ring", "checkpoint.every=2",
+                 "cluster.speeds=[1,1,0.5,1]")
+    _, whole = run_training(make_cfg(*overrides), tmp_path / "whole")
+    signal_during(monkeypatch, rank=1, call=5, sig=sig)
+    with pytest.raises(Interrupted) as e:
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    monkeypatch.undo()
+    stop = e.value.step
+    assert 0 < stop < 14 and stop % 2 == 0 and e.value.exit_code == 128 + sig
+    assert e.value.checkpoint == ckpt.step_dir((tmp_path / "split" / "checkpoints").resolve(), stop)
+    interrupt.install()     # a new run in the same process: no pending signal
+    _, resumed = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    assert comparable(resumed) == comparable(whole)
 
 
 @pytest.mark.slow
