@@ -15,8 +15,9 @@ A protocol may need ranks that serve instead of training (a parameter server): i
 workers, each running ``serve`` with a :class:`ServiceContext`. The loop evaluates an
 asynchronous run once, after ``finish``, because its evaluation is a global synchronisation
 point; a service may evaluate without one during training (``ctx.evaluate``) and hand those
-records over through ``ctx.emit`` (logged at once when rank 0's logger is in its process)
-or in its report's ``records``.
+records over through ``ctx.emit`` (logged at once when rank 0's logger is in its process,
+else relayed to rank 0, :mod:`distlib.relay`), and again in its report's ``records``, which
+complete them (their train loss) at the end.
 """
 from __future__ import annotations
 

@@ -165,11 +165,23 @@ def _torchrun_cmd(overrides: list[str], run_dir) -> list[str]:
             f"--master_port={free_port()}", "-m", "distlib", *overrides, f"hydra.run.dir={run_dir}"]
 
 
-def _torchrun_to_the_end(overrides: list[str], run_dir, cwd) -> dict:
-    """Run ``distlib-train OVERRIDES`` under torchrun (2 ranks) to its end: its summary.json."""
-    done = subprocess.run(_torchrun_cmd(overrides, run_dir), capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def _torchrun_to_the_end(overrides: list[str], run_dir, cwd, on_line=None) -> dict:
+    """Run ``distlib-train OVERRIDES`` under torchrun (2 ranks) to its end: its summary.json.
+    ``on_line(line)`` is called for each line of its output as it comes."""
+    proc = subprocess.Popen(_torchrun_cmd(overrides, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    err = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            err.append(line)
+            if on_line is not None:
+                on_line(line)
+        assert proc.wait(timeout=300) == 0, "".join(err)[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -292,11 +304,19 @@ def test_async_ps_under_torchrun_resumed_after_a_signal_is_the_uninterrupted_run
     """One worker and the server (2 processes; with more workers the order of their pushes
     follows real time): SIGTERM, cut, resume with the same config: the history of the
     uninterrupted run, the clock aside. The server cuts at the next multiple of n after a
-    signal, a cut the uninterrupted run makes too only when one is due at every step."""
+    signal, a cut the uninterrupted run makes too only when one is due at every step.
+    The server's epoch lines stream while it runs (relayed to rank 0): when each arrives, the
+    run has not yet checkpointed its end."""
     overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=300", "eval_every=50",
                  "checkpoint.every=1", "cluster.step_time_s=0.01", "backend=torch", "backend.dist=gloo",
-                 "backend.timeout_s=60"]
-    whole = _torchrun_to_the_end(overrides, tmp_path / "whole", tmp_path)
+                 "backend.timeout_s=60", "log.progress=true"]
+    progress_at_epoch_lines = []
+
+    def on_line(line: str) -> None:
+        if "epoch " in line and " step " in line:
+            progress_at_epoch_lines.append((ckpt.complete_steps(tmp_path / "whole" / "checkpoints") or [0])[-1])
+    whole = _torchrun_to_the_end(overrides, tmp_path / "whole", tmp_path, on_line)
+    assert len(progress_at_epoch_lines) == 6 and progress_at_epoch_lines[0] < 300, progress_at_epoch_lines
     stop, _ = _torchrun_signalled_after_a_checkpoint(overrides, tmp_path / "run", tmp_path, signal.SIGTERM)
     assert 0 < stop < 300
     resumed = _torchrun_to_the_end([*overrides, "resume=true"], tmp_path / "run", tmp_path)
