@@ -46,7 +46,8 @@ and keeps the record: its clock as ``virtual_s``, the bytes it has sent and rece
 view of the traffic (every message goes to or from it: (sent + received) / ranks, messages in
 flight not yet counted), staleness so far, no consensus distance (the workers' copies are not
 at the server). The record is logged at once where rank 0's logger shares the server's
-process (``ctx.emit``: the simulated backend), else after ``finish``. ``train_loss`` is the
+process (``ctx.emit``: the simulated backend), else by rank 0 when it arrives there (the
+runtime relays it: distlib/relay.py). ``train_loss`` is the
 mean loss of the gradients applied since the previous record: each worker keeps its own
 losses, the server how many of each worker's gradients it had applied, and ``finish`` joins
 them (uncounted, after training), so the protocol's messages are unchanged; the final
