@@ -108,7 +108,8 @@ class Run:
         faults = OmegaConf.to_container(cfg.faults, resolve=True) if cfg.get("faults") else None
         if faults:      # refused before any work, one line each (distlib/faults.py)
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
-                         centralized=algo.centralized, asynchronous=self.asynchronous)
+                         centralized=algo.centralized, asynchronous=self.asynchronous,
+                         down_workers_only=bool(getattr(algo, "models_down_workers", False)))
         #: who is live at step t, which links are up (faults=...); None: always everyone
         self.faults: FaultSchedule | None = build_schedule(faults, n, cfg.seed)
         self.fault_cfg = faults or {}
