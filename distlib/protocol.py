@@ -73,6 +73,9 @@ class AsyncStrategy(Strategy):
     service_ranks: ClassVar[int] = 0
     #: the protocol can stop every rank at a consistent cut, so its runs checkpoint and resume
     consistent_cuts: ClassVar[bool] = False
+    #: it goes on without down workers under ``faults=crash|churn`` (links are not modelled);
+    #: otherwise a faults group is refused for it (docs/faults.md)
+    models_down_workers: ClassVar[bool] = False
 
     def make_service(self) -> Service:
         """The role of a service rank, with this strategy's options (when ``service_ranks`` > 0)."""
