@@ -76,6 +76,7 @@ class ADPSGD(AsyncStrategy):
         self.paused: set[int] = set()   # passive: active neighbours at the current cut
         self.waits = 0.0        # virtual seconds an active worker waited for its partner
         self.cut_done = 0       # the step of the last cut
+        self._next: tuple[int, int | None] | None = None    # (cut_done, the next cut's step)
 
     def setup(self, ctx: Context) -> None:
         g = ctx.graph()
@@ -116,7 +117,10 @@ class ADPSGD(AsyncStrategy):
 
     def _next_cut(self, ctx: AsyncContext) -> int | None:
         """The first step after the last cut at which a checkpoint is due (None: none is left)."""
-        return next((k for k in range(self.cut_done + 1, ctx.total_steps + 1) if ctx.checkpoint_due(k)), None)
+        if self._next is None or self._next[0] != self.cut_done:    # found once per cut, not per step
+            k = next((k for k in range(self.cut_done + 1, ctx.total_steps + 1) if ctx.checkpoint_due(k)), None)
+            self._next = (self.cut_done, k)
+        return self._next[1]
 
     def finish(self, ctx: Context) -> None:
         if self.active:
