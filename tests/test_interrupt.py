@@ -307,7 +307,7 @@ def test_async_ps_under_torchrun_resumed_after_a_signal_is_the_uninterrupted_run
     signal, a cut the uninterrupted run makes too only when one is due at every step.
     The server's epoch lines stream while it runs (relayed to rank 0): when each arrives, the
     run has not yet checkpointed its end."""
-    overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=300", "eval_every=50",
+    overrides = [*TINY, "workers=1", "algorithm=async_ps", "batch_size=16", "max_steps=150", "eval_every=25",
                  "checkpoint.every=1", "cluster.step_time_s=0.01", "backend=torch", "backend.dist=gloo",
                  "backend.timeout_s=60", "log.progress=true"]
     progress_at_epoch_lines = []
@@ -316,9 +316,9 @@ def test_async_ps_under_torchrun_resumed_after_a_signal_is_the_uninterrupted_run
         if "epoch " in line and " step " in line:
             progress_at_epoch_lines.append((ckpt.complete_steps(tmp_path / "whole" / "checkpoints") or [0])[-1])
     whole = _torchrun_to_the_end(overrides, tmp_path / "whole", tmp_path, on_line)
-    assert len(progress_at_epoch_lines) == 6 and progress_at_epoch_lines[0] < 300, progress_at_epoch_lines
+    assert len(progress_at_epoch_lines) == 6 and progress_at_epoch_lines[0] < 150, progress_at_epoch_lines
     stop, _ = _torchrun_signalled_after_a_checkpoint(overrides, tmp_path / "run", tmp_path, signal.SIGTERM)
-    assert 0 < stop < 300
+    assert 0 < stop < 150
     resumed = _torchrun_to_the_end([*overrides, "resume=true"], tmp_path / "run", tmp_path)
     assert len(resumed["history"]) == 6 and _without_clock(resumed) == _without_clock(whole)
 
@@ -331,15 +331,15 @@ def test_signal_under_torchrun_cuts_ad_psgd_with_a_checkpoint_and_it_resumes_to_
     each prints the resume line, and (SIGTERM) the resumed run finishes the budget from there.
     (The order of pair averagings follows real time under torch.distributed, so this run is
     not reproducible event for event; its cut is: the simulator's tests check equality.)"""
-    overrides = [*TINY, "workers=2", "algorithm=ad_psgd", "topology=ring", "batch_size=16", "max_steps=1000",
+    overrides = [*TINY, "workers=2", "algorithm=ad_psgd", "topology=ring", "batch_size=16", "max_steps=600",
                  "eval_every=50", "checkpoint.every=5", "cluster.step_time_s=0.01", "backend=torch",
                  "backend.dist=gloo", "backend.timeout_s=60"]
     stop, lines = _torchrun_signalled_after_a_checkpoint(overrides, tmp_path / "run", tmp_path, sig)
-    assert 0 < stop < 1000 and stop % 5 == 0
+    assert 0 < stop < 600 and stop % 5 == 0
     assert "resume with: torchrun --nproc_per_node=2 --no-python distlib-train" in lines[0]
     shard = ckpt.load_file(next(ckpt.step_dir(tmp_path / "run" / "checkpoints", stop).glob("shard_00000*")))
     seen = shard["ranks"][0]["strategy"]["seen"]
     assert sum(seen) >= 2 * stop        # the cut is where the run's progress reached its step
     if sig == signal.SIGTERM:
         resumed = _torchrun_to_the_end([*overrides, "resume=true"], tmp_path / "run", tmp_path)
-        assert resumed["history"][-1]["step"] == 1000 and resumed["history"][-1]["averagings"] > 0
+        assert resumed["history"][-1]["step"] == 600 and resumed["history"][-1]["averagings"] > 0
