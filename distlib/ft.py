@@ -13,14 +13,19 @@ Per replica (r = 0 .. workers-1; data shard r of ``workers``)::
     DISTLIB_REPLICA=r TORCHFT_LIGHTHOUSE=http://127.0.0.1:29510 \\
         distlib-train backend=torch backend.fault_tolerance=torchft algorithm=allreduce_sgd workers=3
 
-The step is torchft's: ``Manager.should_commit`` is voted after the backward pass and the
-averaging, and the optimizer steps only if every replica of the quorum agrees (what
-``torchft.optim.OptimizerWrapper`` does). Gradients are averaged by ``manager.allreduce``
+The step is torchft's: ``Manager.should_commit`` is voted after the step's averaging, and a
+step the quorum does not commit leaves no trace (:class:`FTStep`): AllReduce-SGD's optimizer
+steps only on commit (what ``torchft.optim.OptimizerWrapper`` does); local SGD and DiLoCo,
+which average the parameters after the local update, undo an uncommitted step. Local SGD's
+and DiLoCo's averages are torchft all-reduces over the quorum's replicas; a replica that
+heals takes a live peer's x_i, optimizer and strategy state (DiLoCo's outer parameters and
+outer momentum) from that peer. Gradients are averaged by ``manager.allreduce``
 directly, not torchft's DDP wrapper (a peer dying inside its comm hook could crash the
 survivors: see /docs/faults.md). Evaluation is each replica's own (its replicas are equal).
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +39,22 @@ if TYPE_CHECKING:
 
 
 class FTStep(Strategy):
-    """The strategy's hooks inside torchft's step: a quorum first, the optimizer only on commit."""
+    """The strategy's hooks inside torchft's step: a quorum first, then a vote on the step.
+
+    AllReduce-SGD averages gradients before its local update: the vote comes between the two,
+    and the optimizer steps only if every replica of the quorum agrees (torchft's
+    OptimizerWrapper). Local SGD and DiLoCo average the parameters after it (their
+    ``after_step``): the vote comes after the average, and a step the quorum does not commit
+    (a peer died mid-average, which leaves the sum garbage) is undone, x_i with the optimizer's
+    and the strategy's state (DiLoCo's theta and outer momentum), so that it is done again at
+    the same torchft step. That costs a copy of those states per step.
+    """
 
     def __init__(self, inner: Strategy, comm: FTCommunicator) -> None:
         self.inner, self.manager = inner, comm.manager
+        # the strategy communicates after its local update: vote after it, undo if not committed
+        self.votes_late = type(inner).after_step is not Strategy.after_step
+        self._saved: tuple[dict, dict] | None = None
 
     def before_step(self, ctx: Context) -> None:
         self.manager.start_quorum()
@@ -47,16 +64,25 @@ class FTStep(Strategy):
         self.inner.after_backward(ctx)
 
     def local_update(self, ctx: Context) -> None:
-        if self.manager.should_commit():    # every replica of the quorum agrees: step
-            self.inner.local_update(ctx)
+        if not self.votes_late:
+            if self.manager.should_commit():    # every replica of the quorum agrees: step
+                self.inner.local_update(ctx)
+            return
+        worker = ctx.worker.state_dict()
+        self._saved = (copy.deepcopy({k: v for k, v in worker.items() if k != "batches"}),
+                       copy.deepcopy(self.inner.state_dict()))
+        self.inner.local_update(ctx)
 
     def after_step(self, ctx: Context) -> None:
-        x = ctx.worker.flat_params()
-        before = x.detach().clone()
         self.inner.after_step(ctx)          # local SGD / DiLoCo average here
-        if self.manager.errored() is not None:
-            x.copy_(before)                 # an average that failed mid-way is garbage: keep x_i
-
+        if not self.votes_late:
+            return
+        if not self.manager.should_commit() and self._saved is not None:
+            saved_worker, saved_strategy = self._saved
+            # the batch stays taken (as for AllReduce-SGD's uncommitted steps); the rest as before
+            ctx.worker.load_state_dict({**ctx.worker.state_dict(), **saved_worker})
+            self.inner.load_state_dict(saved_strategy)
+        self._saved = None
 
 
 def ft_loop(run: "Run", comm: Communicator) -> dict[str, Any] | None:

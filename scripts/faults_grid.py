@@ -6,7 +6,9 @@ churn and link drops (8 workers, MLP, the AL-DSGD paper regime), resumable.
 
 (``--shard 0/2`` and ``--shard 1/2`` in two processes share the grid.)
 
-Runs go to RUNS/faults_sN/SETTING/ALGORITHM/seedK (one Hydra multirun per cell, over the seeds). Every run is ``+experiment=aldsgd_paper``
+Measured with ``OMP_NUM_THREADS=1`` (torch's thread count changes the float sums, and D-PSGD's
+unstable seeds amplify that). Runs go to RUNS/faults_sN/SETTING/ALGORITHM/seedK (one Hydra
+multirun per cell, over the seeds). Every run is ``+experiment=aldsgd_paper``
 (8 workers, IID, lr 0.4, batch 16, W = I - alpha L, matcha_er8) with a small MLP
 (``model=mlp model.hidden=[32]``: the machine this was measured on had 2 shared cores),
 ``max_steps=N``, an evaluation every 10 steps, and:
@@ -135,11 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (N processes)")
-    ap.add_argument("--figures", type=Path, default=Path("docs/results"))
+    ap.add_argument("--figures", type=Path, default=Path("docs/results/faults"),
+                    help="where --report writes table.md and the figures")
     a = ap.parse_args(argv)
     root = a.runs / f"faults_s{a.steps}"
     if a.report:
-        print(report(root, a.seeds, a.figures))
+        table = report(root, a.seeds, a.figures)
+        (a.figures / "table.md").write_text(table + "\n")
+        print(table)
         return
     i, n = map(int, a.shard.split("/"))
     run_cells(root, a.seeds, a.steps, (i, n))
