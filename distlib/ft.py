@@ -39,25 +39,33 @@ if TYPE_CHECKING:
 
 
 class FTStep(Strategy):
-    """The strategy's hooks inside torchft's step: a quorum first, then a vote on the step.
+    """The strategy's hooks inside torchft's step (after the quorum): a vote on the step.
 
     AllReduce-SGD averages gradients before its local update: the vote comes between the two,
-    and the optimizer steps only if every replica of the quorum agrees (torchft's
-    OptimizerWrapper). Local SGD and DiLoCo average the parameters after it (their
+    and the optimizer steps only on commit (torchft's OptimizerWrapper; the vote fails on a
+    replica whose all-reduce of the step failed). Local SGD and DiLoCo average the parameters after it (their
     ``after_step``): the vote comes after the average, and a step the quorum does not commit
     (a peer died mid-average, which leaves the sum garbage) is undone, x_i with the optimizer's
     and the strategy's state (DiLoCo's theta and outer momentum), so that it is done again at
     the same torchft step. That costs a copy of those states per step.
+
+    A step with no all-reduce of its own (local SGD between averages) makes a 1-element one
+    before its vote: torchft's commit is each replica's own, so without a collective a replica
+    runs ahead of the others, and a peer healing from it asks for a step it has left behind
+    (seen: a healing peer timed out on the checkpoint lock, the quorum never formed). torchft's
+    own LocalSGD/DiLoCo instead vote only at the averages, with a step counter of rounds.
     """
 
     def __init__(self, inner: Strategy, comm: FTCommunicator) -> None:
-        self.inner, self.manager = inner, comm.manager
+        self.inner, self.comm, self.manager = inner, comm, comm.manager
+        self._reduces = 0
         # the strategy communicates after its local update: vote after it, undo if not committed
         self.votes_late = type(inner).after_step is not Strategy.after_step
         self._saved: tuple[dict, dict] | None = None
 
     def before_step(self, ctx: Context) -> None:
-        self.manager.start_quorum()
+        # (the quorum was started by ft_loop, which needs the step it heals to)
+        self._reduces = self.comm.reduces
         self.inner.before_step(ctx)
 
     def after_backward(self, ctx: Context) -> None:
@@ -65,7 +73,7 @@ class FTStep(Strategy):
 
     def local_update(self, ctx: Context) -> None:
         if not self.votes_late:
-            if self.manager.should_commit():    # every replica of the quorum agrees: step
+            if self.manager.should_commit():    # this step's all-reduce went through: step
                 self.inner.local_update(ctx)
             return
         worker = ctx.worker.state_dict()
@@ -77,6 +85,8 @@ class FTStep(Strategy):
         self.inner.after_step(ctx)          # local SGD / DiLoCo average here
         if not self.votes_late:
             return
+        if self.comm.reduces == self._reduces:
+            self.comm.lockstep()
         if not self.manager.should_commit() and self._saved is not None:
             saved_worker, saved_strategy = self._saved
             # the batch stays taken (as for AllReduce-SGD's uncommitted steps); the rest as before
@@ -96,7 +106,13 @@ def ft_loop(run: "Run", comm: Communicator) -> dict[str, Any] | None:
               lambda s: (worker.load_state_dict(s["worker"]), strategy.load_state_dict(s["strategy"])))
     step_fn, logger = FTStep(strategy, comm), run.logger_of(comm.rank)
     try:
-        while (step := comm.manager.current_step()) < run.total_steps:
+        while comm.manager.current_step() < run.total_steps:
+            # The quorum first: a replica that heals in it jumps to the live step, and this
+            # step must be that one (local SGD and DiLoCo average at some steps only: a healed
+            # replica a step out of phase would all-reduce another tensor than its peers)
+            comm.manager.start_quorum()
+            if (step := comm.manager.current_step()) >= run.total_steps:
+                break
             ctx.step, ctx.epoch = step, step // run.steps_per_epoch
             run.lr.apply(worker, step)
             train_step(ctx, step_fn, loop, run.step_time)
