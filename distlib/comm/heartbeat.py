@@ -153,7 +153,8 @@ class Heartbeat:
         every survivor has made its verdict (``done/<rank>``), within 0.6 backend.timeout_s."""
         if not self.hosts_store:
             return
-        deadline = self._since + 0.6 * self.comm_timeout_s
+        # from when this rank began to leave (its verdict), or now after another error
+        deadline = (self._since if self._claimed_by else time.monotonic()) + 0.6 * self.comm_timeout_s
         try:
             while time.monotonic() < deadline and not all(self._check(f"done/{r}") for r in range(self.world)
                                                           if r != self.rank and r not in self.lost):
