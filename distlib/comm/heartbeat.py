@@ -73,7 +73,7 @@ def _c10_log_level() -> ctypes.c_int | None:
 _QUIET_LOCK = threading.Lock()
 _QUIET_DEPTH = 0
 _QUIET_SAVED = 0
-_LEVEL = _c10_log_level()
+_LEVEL: ctypes.c_int | None | bool = False     # found on first use (False: not looked up yet)
 
 
 @contextlib.contextmanager
@@ -86,8 +86,11 @@ def quiet_cpp_warnings() -> Iterator[None]:
     warning of the main thread that falls inside one of these short windows (a store round
     trip) is dropped too; nesting and the two threads are counted under a lock.
     """
-    global _QUIET_DEPTH, _QUIET_SAVED
-    if _LEVEL is None:
+    global _QUIET_DEPTH, _QUIET_SAVED, _LEVEL
+    with _QUIET_LOCK:
+        if _LEVEL is False:
+            _LEVEL = _c10_log_level()
+    if not isinstance(_LEVEL, ctypes.c_int):
         yield
         return
     with _QUIET_LOCK:
