@@ -3,11 +3,11 @@
 gloo reports a dead peer as "Connection reset by peer" on whichever call touched it, and a
 frozen one not at all until ``backend.timeout_s`` (300 s by default) runs out. Each rank runs
 one daemon thread that, every ``every_s`` seconds, bumps its counter in the store
-(``distlib/hb/<rank>``) and reads the others'. Then:
+(``distlib/<restart>/hb/<rank>``; <restart>: torchrun's restart count) and reads the others'. Then:
 
 - after a communication error, :meth:`Heartbeat.silent` names the ranks whose counters
   stopped (a rank that stopped because of the error itself first writes
-  ``distlib/left/<rank>`` and is not named);
+  ``left/<rank>`` and is not named);
 - a counter that has not moved for ``timeout_s`` (a frozen process: SIGSTOP, a hung
   driver) makes the watchdog report that rank in one line and end this process, since the
   main thread may be blocked inside gloo for the rest of ``backend.timeout_s``.
@@ -16,14 +16,14 @@ The beat is independent of the training step, so a slow step is not mistaken for
 rank (a step that holds the GIL for ``timeout_s`` without releasing it would be).
 
 After an error (:meth:`Heartbeat.silent`) a rank that found the dead one publishes its
-verdict (``distlib/lost``). A survivor still blocked in gloo on a peer that is itself waiting
+verdict (``lost``). A survivor still blocked in gloo on a peer that is itself waiting
 (a rank next to none of the dead, say) has its watchdog read the verdict and report it at its
 next beat, instead of learning of the failure only when that peer's process ends.
 
 The store lives in rank 0 (no launcher) or in torchrun's agent. A rank that serves it must
 outlive every survivor's use of it: after an error it leaves the process group and then
 (:meth:`Heartbeat.linger`) waits, within ``backend.timeout_s``, until every survivor has
-written ``distlib/done/<rank>`` (its verdict made; it needs the store no more). Should the
+written ``done/<rank>`` (its verdict made; it needs the store no more). Should the
 store vanish anyway (its host is the rank that died), a store call fails: that is the verdict
 "rank 0 stopped", and torch's C++ warning for the failed call, which would come before the
 one-line report, is held back (:func:`quiet_cpp_warnings`). One report per process: the
@@ -121,8 +121,11 @@ class Heartbeat:
         #: until the survivors no longer need it
         self.hosts_store = rank == 0 and not os.environ.get("TORCHELASTIC_RUN_ID")
         addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "0"))
-        # a client of its own: the thread never shares a connection with the process group
-        self.store = dist.PrefixStore("distlib/", dist.TCPStore(addr, port, is_master=False,
+        # a client of its own: the thread never shares a connection with the process group;
+        # keys of their own per torchrun restart (the agent's store outlives a group, and a
+        # restarted group must not read the last one's verdict or departures)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.store = dist.PrefixStore(f"distlib/{restart}/", dist.TCPStore(addr, port, is_master=False,
                                                                 timeout=timedelta(seconds=max(5.0, 3 * every_s)),
                                                                 wait_for_workers=False))
         self.count = 0
@@ -205,7 +208,7 @@ class Heartbeat:
                 and not self._left(r)]
 
     def _verdict(self) -> tuple[int, list[int]] | None:
-        """A peer's published verdict (``distlib/lost``): who made it, and the ranks it names."""
+        """A peer's published verdict (``lost``): who made it, and the ranks it names."""
         if not self._check("lost"):
             return None
         with quiet_cpp_warnings():
