@@ -436,6 +436,7 @@ class TorchBackend(Backend):
         self.device = torch.device("cuda", self.local_rank) if dist == "nccl" else None
         self.wire = self.device or torch.device("cpu")
         self.comm: DistCommunicator | None = None
+        self._store: dist.Store | None = None     # the rendezvous store, held for the heartbeat
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
@@ -464,10 +465,15 @@ class TorchBackend(Backend):
             ok = True
             return result if self.rank == 0 else None
         finally:
-            if self.comm is not None and self.comm.heartbeat is not None:
-                self.comm.heartbeat.stop()
+            beat = self.comm.heartbeat if self.comm is not None else None
+            if beat is not None:
+                beat.stop()
             if owns_group:
                 _leave(ok)
+            if beat is not None and not ok:
+                # the store's host, out of the group (a peer blocked on it has its error now),
+                # stays until the survivors have named the dead rank through the store
+                beat.linger()
 
     def device_of(self, rank: int, kind: str) -> torch.device:
         """One GPU per process: visible GPU LOCAL_RANK (mod their number, so that gloo ranks
@@ -485,15 +491,18 @@ class TorchBackend(Backend):
         try:
             timeout = timedelta(seconds=self.timeout_s)
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            if restart == "0":
-                dist.init_process_group(self.dist, timeout=timeout, device_id=self.device)
-            else:
+            # What init_process_group's env:// does, with the store kept: on rank 0 it serves
+            # the heartbeat too, which must outlive the group after a failure (Heartbeat.linger).
+            store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+            store.set_timeout(timeout)
+            self._store = store
+            if restart != "0":
                 # After torchrun --max-restarts restarted the group, the agent's store still holds
                 # the dead group's gloo addresses under the same keys; a fresh prefix per restart
                 # keeps the new ranks from dialling them (seen on torch 2.14 with gloo).
-                store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
-                dist.init_process_group(self.dist, store=dist.PrefixStore(f"distlib/restart{restart}", store),
-                                         rank=rank, world_size=world, timeout=timeout, device_id=self.device)
+                store = dist.PrefixStore(f"distlib/restart{restart}", store)
+            dist.init_process_group(self.dist, store=store, rank=rank, world_size=world, timeout=timeout,
+                                     device_id=self.device)
         except RuntimeError as e:   # a rank that never arrives, or MASTER_ADDR:PORT unreachable
             raise CommError(f"rank {self.rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
                             f"{os.environ.get('MASTER_PORT')} failed (timeout {self.timeout_s:g} s): {e}") from e
