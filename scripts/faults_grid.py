@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from distlib.compare.grid import run_state
+from distlib.compare.grid import run_cells
 
 ALGORITHMS = {"dpsgd": ("algorithm=dpsgd_laplacian",), "al_dsgd": ("algorithm=al_dsgd",),
               "matcha": ("algorithm=matcha", "algorithm.budget=0.5"), "allreduce_sgd": ("algorithm=allreduce_sgd",)}
@@ -40,34 +39,17 @@ SETTINGS = {"none": (), "churn0.01": ("faults=churn", "faults.p_leave=0.01", "fa
             "drop0.1": ("faults=links", "faults.p_drop=0.1"), "drop0.3": ("faults=links", "faults.p_drop=0.3")}
 
 
-def cells(root: Path, seeds: int, steps: int) -> list[tuple[Path, list[str]]]:
-    """One Hydra multirun per (setting, algorithm): its folder and its overrides, seeds swept."""
+def cells(root: Path, steps: int) -> list[tuple[Path, list[str]]]:
+    """One Hydra multirun per (setting, algorithm): its folder and its overrides (seeds are swept)."""
     out = []
     for setting, fo in SETTINGS.items():
         for algo, ao in ALGORITHMS.items():
             rejoin = ("faults.rejoin=neighbor",) if algo == "allreduce_sgd" and fo else ()
             out.append((root / setting / algo,
-                        ["+experiment=aldsgd_paper", f"seed=range({seeds})", "model=mlp", "model.hidden=[32]",
+                        ["+experiment=aldsgd_paper", "model=mlp", "model.hidden=[32]",
                          f"max_steps={steps}", "eval_every=10", "log.tensorboard=false", "log.progress=false",
-                         "resume=auto", "checkpoint.keep=1", *ao, *fo, *rejoin]))
+                         "checkpoint.keep=1", *ao, *fo, *rejoin]))
     return out
-
-
-def run_cells(root: Path, seeds: int, steps: int, shard: tuple[int, int] = (0, 1)) -> None:
-    """Run what is missing: a cell whose seeds are all complete is skipped; within a cell,
-    ``resume=auto`` skips finished seeds and resumes an interrupted one. ``shard`` (i, n): the
-    cells whose index is i mod n, so that n processes share the grid."""
-    for k, (folder, overrides) in enumerate(cells(root, seeds, steps), 1):
-        if (k - 1) % shard[1] != shard[0]:
-            continue
-        states = [run_state(folder / f"seed{s}") for s in range(seeds)]
-        name = "/".join(folder.parts[-2:])
-        if all(st in ("complete", "diverged") for st in states):
-            print(f"[{k}] {name}: done", flush=True)
-            continue
-        print(f"[{k}] {name}: running {states.count('missing') + states.count('partial')} seed(s)", flush=True)
-        subprocess.run([sys.executable, "-m", "distlib", "-m", *overrides, f"hydra.sweep.dir={folder}",
-                        "hydra.sweep.subdir=seed${seed}"], check=True, stdout=subprocess.DEVNULL)
 
 
 def steps_to(history: list[dict], target: float) -> float:
@@ -151,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table)
         return
     i, n = map(int, a.shard.split("/"))
-    run_cells(root, a.seeds, a.steps, (i, n))
+    run_cells(cells(root, a.steps), a.seeds, (i, n))
 
 
 if __name__ == "__main__":
