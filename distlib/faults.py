@@ -115,6 +115,15 @@ class FaultSchedule:
     def is_live(self, rank: int, step: int) -> bool:
         return rank in self.live(step)
 
+    def back_at(self, rank: int, step: int) -> int | None:
+        """The first step >= ``step`` at which ``rank`` is live; None: down for good."""
+        t = step
+        while rank not in self.live(t):
+            if rank in self.crashed and self.down_steps is None and t >= self.at_step:
+                return None
+            t += 1
+        return t
+
     def rejoining(self, step: int) -> frozenset[int]:
         """Workers live at ``step`` that were down at ``step - 1``."""
         return self.live(step) - self.live(step - 1) if step > 0 else frozenset()
@@ -186,13 +195,31 @@ def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *,
     if down_workers_only and (cfg.get("p_drop") or cfg.get("partition")):
         key = "p_drop" if cfg.get("p_drop") else "partition"
         raise ConfigError(f"faults.{key}: {algorithm} models down workers only (faults=crash or churn), not "
-                          f"links: its messages go to its server, not over the topology")
+                          f"links (docs/faults.md)")
     if set(cfg.get("ranks") or []) >= set(range(n)):
         raise ConfigError(f"faults.ranks: crashes all {n} workers at once; {algorithm} needs one live worker")
     t = FaultSchedule(n, seed, **_fields(cfg)).first_all_down(total_steps)
     if t is not None:
         raise ConfigError(f"faults: every worker is down at step {t}; {algorithm} needs one live worker "
                           f"(lower faults.p_leave, shorten faults.mean_down_steps or set faults.max_down)")
+
+
+def check_virtual_time_faults(cfg: Mapping[str, Any], *, algorithm: str, backend: str,
+                              step_time_s: float | None) -> None:
+    """One-line ConfigErrors for an algorithm whose fault clock is virtual time (AD-PSGD: fault
+    step k is virtual time k * cluster.step_time_s, which only the simulator keeps per worker)."""
+    if cfg.get("name", "none") == "none":
+        return
+    if backend != "sim":
+        raise ConfigError(f"faults: {algorithm} takes faults on backend=sim only: its workers share no clock on "
+                          f"backend={backend}, so a worker and the partner about to wait for it cannot agree that "
+                          f"it is down (docs/faults.md)")
+    if step_time_s is None:
+        raise ConfigError(f"cluster.step_time_s: faults with {algorithm} need a fixed step time (fault step k is "
+                          f"virtual time k * cluster.step_time_s); set one, e.g. cluster.step_time_s=0.01")
+    if cfg.get("rejoin", "stale") != "stale":
+        raise ConfigError(f"faults.rejoin: {algorithm} allows stale only (a returning worker keeps its x_i and "
+                          f"meets the others through its next averagings), got {cfg.get('rejoin')!r}")
 
 
 def schedule_seed(cfg: Mapping[str, Any], run_seed: int) -> int:

@@ -30,7 +30,7 @@ from distlib.config import build_strategy, params_of, validate
 from distlib.data import DATASETS, Dataset, check_batches, partition
 from distlib.data.datasets import carve_validation, on_device
 from distlib.device import comm_dtype, device_kind
-from distlib.faults import FaultSchedule, build_schedule, check_faults, schedule_seed
+from distlib.faults import FaultSchedule, build_schedule, check_faults, check_virtual_time_faults, schedule_seed
 from distlib.interrupt import StopPoint
 from distlib.lm_metrics import Throughput, lm_fields
 from distlib.lr import LRSchedule
@@ -110,6 +110,9 @@ class Run:
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
                          centralized=algo.centralized, asynchronous=self.asynchronous,
                          down_workers_only=bool(getattr(algo, "models_down_workers", False)))
+            if getattr(algo, "faults_in_virtual_time", False):
+                check_virtual_time_faults(faults, algorithm=self.algorithm_name, backend=cfg.backend.name,
+                                          step_time_s=self.step_time, detect_s=float(self.fault_cfg.get("detect_s", 0.0)))
         #: who is live at step t, which links are up (faults=...); None: always everyone
         self.faults: FaultSchedule | None = build_schedule(faults, n, cfg.seed)
         self.fault_cfg = faults or {}
@@ -204,7 +207,8 @@ class Run:
         role: Role = build_strategy(self._algorithm)
         common = dict(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                       seed=seed_for(cfg.seed, "strategy"), lr=self.lr, workers=cfg.workers,
-                      compressor=build_compressor(cfg.get("compression")), faults=self.faults)
+                      compressor=build_compressor(cfg.get("compression")), faults=self.faults,
+                      step_time_s=self.step_time, detect_s=float(self.fault_cfg.get("detect_s", 0.0)))
         ctx: Context
         if rank >= cfg.workers:
             assert isinstance(role, AsyncStrategy)

@@ -62,6 +62,11 @@ class Context:
     compressor: "Compressor | None" = None
     #: the run's fault schedule (``faults=...``); None: every worker and link always up
     faults: "FaultSchedule | None" = None
+    #: cluster.step_time_s, fixed compute seconds per step (None: measured); AD-PSGD's fault
+    #: clock (fault step k is virtual time k * step_time_s)
+    step_time_s: float | None = None
+    #: faults.detect_s: virtual seconds a worker loses to a peer found down (a timeout)
+    detect_s: float = 0.0
 
     @property
     def rank(self) -> int:

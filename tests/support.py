@@ -20,7 +20,7 @@ import torch
 from distlib.comm.sim import SimWorld
 from distlib.fault_step import fault_step
 from distlib.lr import LRSchedule
-from distlib.protocol import AsyncStrategy
+from distlib.protocol import AsyncContext, AsyncStrategy
 from distlib.step import LoopState, train_step
 from distlib.strategy import Context, Strategy
 from distlib.topology import Topology
@@ -78,18 +78,21 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
         comm, worker, strategy = world.comms[r], make_worker(r), make_strategy(r)
         if step_time is not None:
             comm.measure_compute = False
-        ctx = Context(worker, comm, topology, seed=seed, total_steps=steps, steps_per_epoch=steps + 1,
-                      lr=LRSchedule(worker.lr()), workers=world.n, faults=faults)
+        asynchronous = isinstance(strategy, AsyncStrategy)
+        ctx = (AsyncContext if asynchronous else Context)(
+            worker, comm, topology, seed=seed, total_steps=steps, steps_per_epoch=steps + 1,
+            lr=LRSchedule(worker.lr()), workers=world.n, faults=faults, step_time_s=step_time, detect_s=detect_s)
         strategy.setup(ctx)
         loop = LoopState()
         for k in itertools.count():
             ctx.step = k
-            asynchronous = isinstance(strategy, AsyncStrategy)
+            if asynchronous and strategy.checkpoint_cut(ctx) is not None:   # as the loop, before each step
+                raise AssertionError("run_workers takes no checkpoints")
             if not (strategy.keep_training(ctx) if asynchronous else k < steps):
                 break
             if before is not None:
                 before(ctx)
-            if faults is None:
+            if faults is None or asynchronous:  # an asynchronous protocol applies its faults itself
                 train_step(ctx, strategy, loop, step_time)
             else:
                 fault_step(ctx, strategy, loop, faults, rejoin=rejoin, detect_s=detect_s, step_time=step_time)

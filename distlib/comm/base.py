@@ -171,12 +171,13 @@ class Communicator(ABC):
     def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> Handle: ...
 
     def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
-                 poll: bool = False) -> int | None:
+                 poll: bool = False, until: float | None = None) -> int | None:
         """Receive into ``tensor`` the first message on ``tag`` from any of ``srcs``; return its sender.
 
         For asynchronous strategies (a parameter server, AD-PSGD's passive side). The
         simulator takes the earliest arrival in virtual time; real processes the first to come.
-        ``poll=True`` returns None at once if nothing has arrived yet.
+        ``poll=True`` returns None at once if nothing has arrived yet. ``until``: a deadline
+        in virtual time (simulated backend only): None once the clock reaches it with nothing.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support recv_any")
 

@@ -362,10 +362,13 @@ class DistCommunicator(Communicator):
         return _DistHandle(self, work, what, done)
 
     def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
-                 poll: bool = False) -> int | None:
+                 poll: bool = False, until: float | None = None) -> int | None:
         """The first message on ``tag`` from any rank (gloo's any-source receive; ``srcs`` is
         not enforced: protocols give each message kind its own tag). With ``poll`` the receive
-        stays posted between calls, so a later call (polling or not) takes its message."""
+        stays posted between calls, so a later call (polling or not) takes its message.
+        ``until`` (a virtual-time deadline) exists on the simulated backend only."""
+        if until is not None:
+            raise NotImplementedError("recv_any(until=...) is a virtual-time deadline: simulated backend only")
         _check_tag(tag)
         if tag not in self._any:
             with self._op(f"recv_any(tag={tag})"):

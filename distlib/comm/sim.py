@@ -389,7 +389,7 @@ class SimCommunicator(Communicator):
         return _SimHandle(wait, is_completed)
 
     def recv_any(self, tensor: torch.Tensor, srcs: Sequence[int], tag: int = 0,
-                 poll: bool = False) -> int | None:
+                 poll: bool = False, until: float | None = None) -> int | None:
         """Receive the message that arrives first in virtual time from any of ``srcs``.
 
         Conservative: the worker is resumed at that arrival time only once every worker with
@@ -397,6 +397,8 @@ class SimCommunicator(Communicator):
         appear (all clocks are >= the arrival; a blocked worker can only be woken by a
         message sent later still). Ties go to the smaller rank. ``poll=True``: take only a
         message that has arrived by this worker's clock, else return None at once.
+        ``until``: a deadline in virtual time (a down worker's return, faults): take the first
+        message that arrives by then, else move the clock to ``until`` and return None.
         """
         self._flush()
         srcs = sorted(srcs)
@@ -408,10 +410,19 @@ class SimCommunicator(Communicator):
 
         def at() -> float:
             f, now = first(), self.counters.clock
-            return now if poll or f is None else max(now, f[0])
+            if poll:
+                return now
+            due = f[0] if f is not None else until
+            if due is None:
+                return now
+            return max(now, due if until is None else min(due, until))
         self.world.block(self.rank, f"recv_any(srcs={srcs}, tag={tag})",
-                         lambda: poll or first() is not None, lambda: srcs, at=at)
+                         lambda: poll or until is not None or first() is not None, lambda: srcs, at=at)
         f = first()
+        if until is not None and (f is None or f[0] > until):
+            if self._counting:
+                self.counters.clock = max(self.counters.clock, until)
+            return None
         if f is None or (poll and f[0] > self.counters.clock):
             return None
         tensor.copy_(self._take(f[1], ("p2p", tag)))
