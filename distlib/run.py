@@ -81,6 +81,9 @@ class Run:
         self.cluster = ClusterModel.from_config(cfg.cluster, n)
         self.step_time: float | None = cfg.cluster.get("step_time_s")
         self.service_ranks = algo.service_ranks if isinstance(algo, AsyncStrategy) else 0
+        if cfg.get("faults") and getattr(algo, "faults_in_virtual_time", False):   # before a backend is built
+            check_virtual_time_faults(OmegaConf.to_container(cfg.faults, resolve=True), algorithm=self.algorithm_name,
+                                      backend=cfg.backend.name, step_time_s=self.step_time)
         self.backend = backend or _build_backend(cfg, self.cluster, self.service_ranks)
         builder = DATASETS.get(cfg.dataset.name)
         # a dataset that cuts its own validation part (text: by position) takes val_fraction itself
@@ -110,9 +113,6 @@ class Run:
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
                          centralized=algo.centralized, asynchronous=self.asynchronous,
                          down_workers_only=bool(getattr(algo, "models_down_workers", False)))
-            if getattr(algo, "faults_in_virtual_time", False):
-                check_virtual_time_faults(faults, algorithm=self.algorithm_name, backend=cfg.backend.name,
-                                          step_time_s=self.step_time, detect_s=float(self.fault_cfg.get("detect_s", 0.0)))
         #: who is live at step t, which links are up (faults=...); None: always everyone
         self.faults: FaultSchedule | None = build_schedule(faults, n, cfg.seed)
         self.fault_cfg = faults or {}

@@ -276,7 +276,14 @@ BAD = [
     (["faults.p_leave=0.1"], "faults.p_leave: no faults group chosen; choose one first"),
     (["faults=none", "faults.p_leave=0.1"], "faults.p_leave: set with faults=none"),
     (["faults=links", "+faults.partition={a:[0],c:[1]}"], "faults.partition.c: unknown key"),
-    (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd"], "faults: ad_psgd is asynchronous"),
+    (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd"],
+     "cluster.step_time_s: faults with ad_psgd need a fixed step time"),
+    (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd", "cluster.step_time_s=0.01", "backend=torch"],
+     "faults: ad_psgd takes faults on backend=sim only"),
+    (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd", "cluster.step_time_s=0.01", "faults.rejoin=neighbor"],
+     "faults.rejoin: ad_psgd allows stale only"),
+    (["faults=links", "faults.p_drop=0.1", "algorithm=ad_psgd", "cluster.step_time_s=0.01"],
+     "faults.p_drop: ad_psgd models down workers only"),
     (["faults=links", "faults.p_drop=0.1", "algorithm=async_ps"], "faults.p_drop: async_ps models down workers only"),
 ]
 
@@ -293,7 +300,7 @@ def test_bad_fault_config_is_one_line(tmp_path, monkeypatch, capsys, overrides, 
 def test_bad_fault_config_stops_before_any_work(tmp_path):
     """The fast tier's share of the cases above: the Trainer refuses them with one line."""
     from distlib.trainer import Trainer
-    for overrides, expected in (BAD[4],):
+    for overrides, expected in (BAD[4], BAD[9], BAD[10]):
         with pytest.raises(ConfigError) as e:
             Trainer(make_cfg(*TINY, "workers=4", "max_steps=40", *overrides), tmp_path / "run")
         assert expected in str(e.value) and "\n" not in str(e.value)
