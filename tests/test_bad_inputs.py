@@ -252,6 +252,12 @@ ROWS: list[tuple[list[str], str]] = [
     (["faults=churn", "faults.max_down=0"], "faults.max_down: must be an integer >= 1 or null, got 0"),
     (["faults=links", "faults.p_drop=2"], "faults.p_drop: must be >= 0 and <= 1, got 2"),
     (["faults=links", "faults.partition=3"], "faults.partition: must be a group of options or null, got 3"),
+    (["faults=churn", "algorithm=ad_psgd", "topology=ring"],
+     "cluster.step_time_s: faults with ad_psgd need a fixed step time (fault step k is virtual time k * "
+     "cluster.step_time_s); set one, e.g. cluster.step_time_s=0.01"),
+    (["faults=churn", "algorithm=ad_psgd", "topology=ring", "cluster.step_time_s=0.01", "backend=torch"],
+     "faults: ad_psgd takes faults on backend=sim only: its workers share no clock on backend=torch, so a worker "
+     "and the partner about to wait for it cannot agree that it is down (docs/faults.md)"),
     # -- the run directory and the hints ------------------------------------------------------------
     (["hydra.run.dir={dir}/a_file"], "hydra.run.dir: {dir}/a_file is a file, or lies under one; give a directory"),
     (["hydra.run.dir={dir}/a_file/run"], "hydra.run.dir: {dir}/a_file/run is a file, or lies under one; give a "
