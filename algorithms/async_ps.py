@@ -46,7 +46,8 @@ and keeps the record: its clock as ``virtual_s``, the bytes it has sent and rece
 view of the traffic (every message goes to or from it: (sent + received) / ranks, messages in
 flight not yet counted), staleness so far, no consensus distance (the workers' copies are not
 at the server). The record is logged at once where rank 0's logger shares the server's
-process (``ctx.emit``: the simulated backend), else after ``finish``. ``train_loss`` is the
+process (``ctx.emit``: the simulated backend), else by rank 0 when it arrives there (the
+runtime relays it: distlib/relay.py). ``train_loss`` is the
 mean loss of the gradients applied since the previous record: each worker keeps its own
 losses, the server how many of each worker's gradients it had applied, and ``finish`` joins
 them (uncounted, after training), so the protocol's messages are unchanged; the final
@@ -75,6 +76,7 @@ SERVER_MOMENTA = ("compensated", "configured")
 # worker on the push tag can never match another kind)
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 101, 102, 103, 104
 PULL, PUSH = 0.0, 1.0     # request kinds; a reply's flag: 0 = stop, 1 = go, or a cut (distlib.protocol)
+DROPPED = -1.0      # a reply's flag: go, but the gradient pushed was not applied (pushed as its worker went down)
 
 
 def server_rank(ctx: Context) -> int:
@@ -94,6 +96,7 @@ class AsyncPS(AsyncStrategy):
 
     service_ranks = 1
     consistent_cuts = True
+    models_down_workers = True
 
     def __init__(self, staleness_scaling: str = "none", server_momentum: str = "compensated") -> None:
         """``staleness_scaling``: none, or inverse (the server steps with lr / (1 + staleness)).
@@ -130,11 +133,11 @@ class AsyncPS(AsyncStrategy):
         pass    # the server applies g_i
 
     def keep_training(self, ctx: Context) -> bool:
-        if self.awaiting:   # after a cut (and on resume from it): the reply held back
-            self._reply(ctx)
         return self.go
 
     def checkpoint_cut(self, ctx: Context) -> tuple[int, bool] | None:
+        if self.cut is None and self.awaiting:  # after a cut (and on resume from it): the reply held back,
+            self._reply(ctx)                    # or the next cut (a down worker waits through cuts)
         cut, self.cut = self.cut, None
         return cut
 
@@ -154,6 +157,8 @@ class AsyncPS(AsyncStrategy):
             return
         comm.recv(ctx.worker.flat_params(), srv, TAG_PARAMS)
         self.version, self.go = int(reply[0]), bool(reply[1])
+        if float(reply[1]) == DROPPED:  # its loss is no applied gradient's (the records' train loss)
+            self.losses.pop()
 
     def finish(self, ctx: Context) -> None:
         self.results = self.results.shared(ctx, self.losses)
@@ -220,6 +225,7 @@ class ParameterServer(Service):
         self.stopped = 0            # workers told to stop
         self.joined = 0             # workers whose first pull it has received
         self.held: list[tuple[int, float, int, torch.Tensor | None]] = []   # (i, kind, v_i, g_i) held at a cut
+        self.down: list[tuple[int, float, int, None]] = []     # faults: requests of down workers, unanswered
         self.results = Results()
         self.mu: list[float] = []   # optim.momentum per parameter group, as configured (setup)
         self.wall_before, self.t0 = 0.0, time.perf_counter()   # wall clock (earlier segments, this one)
@@ -241,6 +247,9 @@ class ParameterServer(Service):
                 self.joined += kind == PULL
             else:           # requests held at a cut come first, in the order they were taken
                 i, kind, v, g = self.held.pop(0)
+            if self._is_down(ctx, i, budget):   # faults: no answer while i is down (its gradient is dropped)
+                self.down.append((i, kind, v, None))
+                continue
             if kind == PUSH and self.version < budget:   # later pushes are dropped: the budget is spent
                 self._apply(ctx, g, self.version - v)
                 res.applied[i] += 1
@@ -251,11 +260,24 @@ class ParameterServer(Service):
                 stop = ctx.stop_requested()
                 if live and self._cut_due(n, lambda k: stop or ctx.checkpoint_due(k)):
                     return self._cut(ctx, i, stop), stop
-            go = self.version < budget
-            self.stopped += not go
-            comm.send(torch.tensor([self.version, float(go)], dtype=torch.float64), i, TAG_REPLY)
-            comm.send(worker.flat_params(), i, TAG_PARAMS)
+            self._answer(ctx, i, budget)
+            for d in [d for d in self.down if not self._is_down(ctx, d[0], budget)]:   # back: the current x
+                self.down.remove(d)
+                self._answer(ctx, d[0], budget, dropped=d[1] == PUSH)
         return None
+
+    def _answer(self, ctx: Context, i: int, budget: int, dropped: bool = False) -> None:
+        """Reply to i's request: go on (or stop: the budget is spent), with x and its version."""
+        go = self.version < budget
+        self.stopped += not go
+        flag = (DROPPED if dropped else 1.0) if go else 0.0
+        ctx.comm.send(torch.tensor([self.version, flag], dtype=torch.float64), i, TAG_REPLY)
+        ctx.comm.send(ctx.worker.flat_params(), i, TAG_PARAMS)
+
+    def _is_down(self, ctx: Context, i: int, budget: int) -> bool:
+        """faults=crash/churn: is worker i down at the run's progress (version / n, in steps)?
+        Once the budget is spent every worker is answered (told to stop)."""
+        return ctx.faults is not None and self.version < budget and i not in ctx.faults.live(self.version // ctx.workers)
 
     def _take_grad(self, ctx: Context, i: int, head: torch.Tensor) -> torch.Tensor | None:
         return ctx.comm.recv(torch.empty_like(ctx.worker.flat_grad()), i, TAG_GRAD) if head[0] == PUSH else None
@@ -268,7 +290,8 @@ class ParameterServer(Service):
         """Hold i's reply, take one request from every other worker, tell all of them "cut"."""
         n = ctx.workers
         self.held.append((i, PULL, self.version, None))     # answered first: x is already at its version
-        hold_every_worker(ctx.comm, range(n), self.held, TAG_PUSH,
+        down = {d[0] for d in self.down}    # waiting already, unanswered until they are back (they save too)
+        hold_every_worker(ctx.comm, [w for w in range(n) if w not in down], self.held, TAG_PUSH,
                           lambda j, head: (j, float(head[0]), int(head[1]), self._take_grad(ctx, j, head)))
         return announce_cut(ctx.comm, range(n), self.version // n, stop, TAG_REPLY)
 
@@ -304,6 +327,9 @@ class ParameterServer(Service):
         record.lr = ctx.lr((self.version - 1) // n)
         record.wall_s = self.wall_before + time.perf_counter() - self.t0
         record.extra = self.results.scalars()
+        if ctx.faults is not None:      # faults: the live workers at this progress, each one's down steps
+            record.live_workers = len(ctx.faults.live(self.version // n))
+            record.down_steps_per_worker = ctx.faults.down_steps_of(self.version // n)
         self.results.evals.append({**record.to_dict(), "applied": list(self.results.applied)})
         if ctx.emit is not None:
             ctx.emit(record)    # the train loss comes at finish
@@ -317,12 +343,13 @@ class ParameterServer(Service):
     def state_dict(self) -> dict[str, Any]:
         r = self.results
         return {"version": self.version, "stopped": self.stopped, "joined": self.joined,
-                "held": [list(h) for h in self.held], "staleness": list(r.staleness), "applied": list(r.applied),
+                "held": [list(h) for h in self.held], "down": [list(d) for d in self.down], "staleness": list(r.staleness), "applied": list(r.applied),
                 "evals": [dict(e) for e in r.evals], "wall_s": self.wall_before + time.perf_counter() - self.t0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.version, self.stopped, self.joined = state["version"], state["stopped"], state["joined"]
         self.held = [tuple(h) for h in state["held"]]  # type: ignore[misc]
+        self.down = [tuple(d) for d in state["down"]]  # type: ignore[misc]
         self.results.staleness, self.results.applied = list(state["staleness"]), list(state["applied"])
         self.results.evals = [dict(e) for e in state["evals"]]
         self.wall_before, self.t0 = state["wall_s"], time.perf_counter()

@@ -3,8 +3,9 @@
 Workers step at their own pace until their protocol says stop; service ranks serve. Progress
 (with the virtual clock) moves as workers step; a service's records made during training are
 logged when made where rank 0's logger is in the same process (the simulated backend), else
-after ``finish``. A checkpoint is taken where the protocol stops every rank at a consistent
-cut; a signal asks the protocol for its next cut, after which every rank saves and stops. The
+by rank 0 after the step in which they arrived (:mod:`distlib.relay`). A checkpoint is taken
+where the protocol stops every rank at a consistent cut; a signal asks the protocol for a
+cut (async_ps: its next; AD-PSGD: its next due one), after which every rank saves and stops. The
 run is evaluated once more at the end: an evaluation is a global synchronisation point, which
 an asynchronous run never has during training. Its train loss is the mean over the last window
 of ``eval_every`` steps, as in every other record.
@@ -25,18 +26,40 @@ def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
     """Run this rank (a worker or a service rank); rank 0 returns the summary (others None)."""
     ctx, role, loop = run.start(comm)
     logger = run.logger_of(comm.rank)
-    stopped = False
+    stopped, at = False, 0
+    relay = run.relay     # a service's records on their way to rank 0 in another process
     if isinstance(role, Service):
         while (cut := role.serve(ctx)) is not None:     # it stopped at a consistent cut
             at, stop = cut
+            if relay is not None:
+                relay.fence()   # rank 0 logs the records made before the cut, then saves
             run.checkpointer.save(ctx, role, loop, logger, at=at)
             if stop:
                 stopped = True
                 break
+        else:
+            if relay is not None:
+                relay.fence()
     else:
         assert isinstance(role, AsyncStrategy)
+
+        def cuts() -> bool:
+            """Save at every cut the protocol has reached; True: the run stops at the last."""
+            nonlocal at
+            while (cut := role.checkpoint_cut(ctx)) is not None:
+                at, stop = cut
+                if relay is not None and logger is not None:
+                    relay.drain(logger)
+                run.checkpointer.save(ctx, role, loop, logger, at=at)
+                if stop:
+                    return True
+            return False
         for step in itertools.count(loop.step):
             ctx.step, ctx.epoch = step, step // run.steps_per_epoch
+            # the cuts reached by the last step (or, on resume, by the cut saved with this one)
+            if cuts():
+                stopped = True
+                break
             if not role.keep_training(ctx):
                 break
             comm.speed = run.cluster.speed(comm.rank, step)
@@ -47,12 +70,10 @@ def async_loop(run: Run, comm: Communicator) -> dict[str, Any] | None:
                 loop.window_loss = loop.take_mean_loss()
             if run.logger is not None:
                 run.logger.step_done(loop.step, ctx.loss, comm.clock)
-            if (cut := role.checkpoint_cut(ctx)) is not None:
-                at, stop = cut
-                run.checkpointer.save(ctx, role, loop, logger, at=at)
-                if stop:
-                    stopped = True
-                    break
+            if relay is not None and logger is not None:
+                relay.poll(logger)
+        if relay is not None and logger is not None and not stopped:
+            relay.drain(logger)     # every record the service made
     if stopped:
         run.stop.stopped(at)
     role.finish(ctx)

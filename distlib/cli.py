@@ -86,11 +86,19 @@ def swept_overrides(argv: list[str] | None = None) -> dict[str, str]:
     if hc.mode != RunMode.MULTIRUN:
         return {}
     args = [a for a in (sys.argv[1:] if argv is None else argv) if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception:   # Hydra parsed them already; a failure here only loses the run name
-        parsed = []
-    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    # A joblib or submitit job runs in a process of its own, whose argv is the launcher's; the
+    # sweep's command line is in the multirun.yaml that Hydra's sweeper wrote before any job.
+    launched = Path(hc.sweep.dir) / "multirun.yaml"
+    if launched.is_file():
+        args += [a for a in OmegaConf.load(launched).hydra.overrides.task if a not in args]
+    keys = []
+    for a in args:
+        try:
+            o = OverridesParser.create().parse_override(a)
+        except Exception:   # Hydra parsed them already; a failure here only loses the run name
+            continue
+        if o.is_sweep_override() and o.key_or_group not in keys:
+            keys.append(o.key_or_group)
     keys += [k for k in (hc.sweeper.get("params") or {}) if k not in keys]    # sweeps declared in a config
     mine = {}
     for o in OverridesParser.create().parse_overrides(list(hc.overrides.task)):

@@ -146,7 +146,8 @@ def validate(cfg: DictConfig) -> "Strategy":
 
 def check_async_checkpoints(cfg: DictConfig, algo: "Strategy") -> None:
     """An asynchronous protocol checkpoints only at a consistent cut: one without cuts
-    (AD-PSGD) refuses a resume or an explicit ``checkpoint.every`` here, in one line."""
+    (a user's; every shipped one has cuts) refuses a resume or an explicit ``checkpoint.every``
+    here, in one line."""
     from distlib.protocol import AsyncStrategy
     if not isinstance(algo, AsyncStrategy) or algo.consistent_cuts:
         return

@@ -151,8 +151,9 @@ class FaultSchedule:
 
 
 def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *, algorithm: str, centralized: bool,
-                 asynchronous: bool) -> None:
-    """One-line ConfigErrors for a faults group that cannot run (before any work)."""
+                 asynchronous: bool, down_workers_only: bool = False) -> None:
+    """One-line ConfigErrors for a faults group that cannot run (before any work).
+    ``down_workers_only``: an asynchronous algorithm that models down workers, not links."""
     name = cfg.get("name", "none")
     if name == "none":
         for key in ("ranks", "fraction", "p_leave", "p_drop", "partition"):
@@ -179,9 +180,13 @@ def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *,
         raise ConfigError("faults.ranks: faults=crash needs faults.ranks=[...] or faults.fraction")
     if cfg.get("ranks") and cfg.get("fraction") is not None:
         raise ConfigError("faults.fraction: give faults.ranks or faults.fraction, not both")
-    if asynchronous:
+    if asynchronous and not down_workers_only:
         raise ConfigError(f"faults: {algorithm} is asynchronous; faults are modelled for the synchronous "
-                          f"algorithms only (see docs/faults.md)")
+                          f"algorithms and async_ps only (see docs/faults.md)")
+    if down_workers_only and (cfg.get("p_drop") or cfg.get("partition")):
+        key = "p_drop" if cfg.get("p_drop") else "partition"
+        raise ConfigError(f"faults.{key}: {algorithm} models down workers only (faults=crash or churn), not "
+                          f"links: its messages go to its server, not over the topology")
     if set(cfg.get("ranks") or []) >= set(range(n)):
         raise ConfigError(f"faults.ranks: crashes all {n} workers at once; {algorithm} needs one live worker")
     t = FaultSchedule(n, seed, **_fields(cfg)).first_all_down(total_steps)

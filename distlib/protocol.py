@@ -1,11 +1,12 @@
 """Asynchronous protocols: workers that do not advance in lockstep, and service ranks.
 
 An :class:`AsyncStrategy` is a Strategy (the same step hooks) whose workers run at their own
-pace; the asynchronous loop (:mod:`distlib.async_loop`) drives it. What it adds::
+pace; the asynchronous loop (:mod:`distlib.async_loop`) drives it, with an
+:class:`AsyncContext` (when checkpoints are due, whether a signal asked to stop). What it adds::
 
     keep_training(ctx)    before each step: go on? (the protocol's own stopping rule)
-    checkpoint_cut(ctx)   after a step: the step of a checkpoint if the protocol has just
-                          stopped every rank at a consistent cut (every rank then saves)
+    checkpoint_cut(ctx)   before each step: the (step, stop) of a checkpoint if the protocol
+                          has just stopped every rank at a consistent cut (every rank then saves)
     finish(ctx)           after the last step, on every rank: end the protocol
     progress(ctx)         the run's progress in steps per worker, for the learning-rate schedule
 
@@ -14,8 +15,9 @@ A protocol may need ranks that serve instead of training (a parameter server): i
 workers, each running ``serve`` with a :class:`ServiceContext`. The loop evaluates an
 asynchronous run once, after ``finish``, because its evaluation is a global synchronisation
 point; a service may evaluate without one during training (``ctx.evaluate``) and hand those
-records over through ``ctx.emit`` (logged at once when rank 0's logger is in its process)
-or in its report's ``records``.
+records over through ``ctx.emit`` (logged at once when rank 0's logger is in its process,
+else relayed to rank 0, :mod:`distlib.relay`), and again in its report's ``records``, which
+complete them (their train loss) at the end.
 """
 from __future__ import annotations
 
@@ -32,20 +34,26 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ServiceContext(Context):
+class AsyncContext(Context):
+    """The view of every rank of an asynchronous protocol: a worker's, plus when to cut."""
+
+    #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
+    checkpoint_due: Callable[[int], bool] = lambda done: False
+    #: a signal asked the run to stop (on this rank): the protocol's next cut is its last
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class ServiceContext(AsyncContext):
     """A service rank's view: the worker's plus what only a service uses."""
 
     #: steps between evaluations (a service evaluates on its own schedule)
     eval_every: int | None = None
-    #: is a checkpoint due after this many steps? (an asynchronous protocol cuts there)
-    checkpoint_due: Callable[[int], bool] = lambda done: False
     #: evaluate the given flat parameters on the test set, outside counted time and traffic:
     #: a record with the test figures, lr and clock filled in (the caller sets the rest)
     evaluate: "Callable[..., EvalRecord] | None" = None
     #: hand a record made during training to rank 0's history (None: keep it for the report)
     emit: "Callable[[EvalRecord], None] | None" = None
-    #: a signal asked the run to stop: cut as soon as every worker can be held
-    stop_requested: Callable[[], bool] = lambda: False
 
 
 class Service(Role):
@@ -65,6 +73,9 @@ class AsyncStrategy(Strategy):
     service_ranks: ClassVar[int] = 0
     #: the protocol can stop every rank at a consistent cut, so its runs checkpoint and resume
     consistent_cuts: ClassVar[bool] = False
+    #: it goes on without down workers under ``faults=crash|churn`` (links are not modelled);
+    #: otherwise a faults group is refused for it (docs/faults.md)
+    models_down_workers: ClassVar[bool] = False
 
     def make_service(self) -> Service:
         """The role of a service rank, with this strategy's options (when ``service_ranks`` > 0)."""
@@ -78,8 +89,19 @@ class AsyncStrategy(Strategy):
         """The run's progress in steps per worker, which the learning-rate schedule follows."""
         return ctx.step
 
-    def checkpoint_cut(self, ctx: Context) -> int | None:
+    def checkpoint_cut(self, ctx: Context) -> tuple[int, bool] | None:
+        """The ``(step, stop)`` of a consistent cut this rank has just reached (every rank
+        then saves, and the run stops there if ``stop``), else None. Called before every step
+        (so after the last one, and first thing on resume), again after each cut, until None."""
         return None
+
+
+def agree_to_stop(ctx: AsyncContext) -> bool:
+    """At a cut, on every rank (a collective, uncounted): did a signal reach any rank? Then
+    the cut is the run's last. Every rank asks at the same cut, so all of them agree."""
+    with ctx.comm.uncounted():
+        flag = ctx.comm.all_reduce(torch.tensor([float(ctx.stop_requested())]), op="max")
+    return bool(flag[0] > 0)
 
 
 # -- the cut handshake of a request/reply protocol with a server ----------------------------------

@@ -38,8 +38,9 @@ from distlib.optim import build_optimizer
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
-from distlib.protocol import AsyncStrategy, Service, ServiceContext
+from distlib.protocol import AsyncContext, AsyncStrategy, Service, ServiceContext
 from distlib.record import EvalRecord
+from distlib.relay import RecordRelay
 from distlib.seeding import seed_for, seed_torch
 from distlib.step import LoopState
 from distlib.strategy import Context, Report, Strategy
@@ -107,7 +108,8 @@ class Run:
         faults = OmegaConf.to_container(cfg.faults, resolve=True) if cfg.get("faults") else None
         if faults:      # refused before any work, one line each (distlib/faults.py)
             check_faults(faults, n, self.total_steps, schedule_seed(faults, cfg.seed), algorithm=self.algorithm_name,
-                         centralized=algo.centralized, asynchronous=self.asynchronous)
+                         centralized=algo.centralized, asynchronous=self.asynchronous,
+                         down_workers_only=bool(getattr(algo, "models_down_workers", False)))
         #: who is live at step t, which links are up (faults=...); None: always everyone
         self.faults: FaultSchedule | None = build_schedule(faults, n, cfg.seed)
         self.fault_cfg = faults or {}
@@ -128,6 +130,8 @@ class Run:
             warnings.warn("asynchronous run with measured compute time: the order of events, and so the "
                           "numbers, vary from run to run; set cluster.step_time_s to make it reproducible")
         self.workers, self.strategies, self.logger = {}, {}, None
+        #: a service's records during training, sent to rank 0 in another process (else None)
+        self.relay: RecordRelay | None = None
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
@@ -155,6 +159,8 @@ class Run:
                 self.logger.banner(ctx.worker.flat_params().numel(), str(ctx.worker.device), layout)
                 if self.no_checkpoints:
                     self.logger.say(self.no_checkpoints)
+        if self.service_ranks and comm.rank in (0, self.cfg.workers) and not self._with_logger(self.cfg.workers):
+            self.relay = RecordRelay(comm, src=self.cfg.workers)
         role.setup(ctx)
         self.checkpointer.agree(comm)     # under torchrun: rank 0's checkpoint directory and source
         logger = self.logger_of(comm.rank)
@@ -207,18 +213,26 @@ class Run:
                                  checkpoint_due=self.checkpointer.due, stop_requested=self.stop_requested,
                                  evaluate=lambda params, step: self.evaluate_alone(worker, comm, params, step),
                                  emit=self._emit_live)
+        elif self.asynchronous:     # a worker of an asynchronous protocol cuts for checkpoints itself
+            ctx = AsyncContext(worker, comm, self.topology, **common, checkpoint_due=self.checkpointer.due,
+                               stop_requested=self.stop_requested)
         else:
             ctx = Context(worker, comm, self.topology, **common)
         self.workers[rank], self.strategies[rank] = worker, role
         return ctx, role
 
-    def _emit_live(self, record: EvalRecord) -> bool:
-        """Log a record made during training now, if rank 0's logger lives in this process
-        (the simulated backend); False: the caller keeps it for rank 0 (its report)."""
-        if self.logger is None or 0 not in self.backend.local_ranks:
-            return False
-        self.logger.log(record)
-        return True
+    def _with_logger(self, rank: int) -> bool:
+        """Does rank 0's logger live in ``rank``'s process (the simulated backend)?"""
+        return 0 in self.backend.local_ranks and rank in self.backend.local_ranks
+
+    def _emit_live(self, record: EvalRecord) -> None:
+        """A record made during training (by a service rank): logged now where rank 0's logger
+        lives in this process (the simulated backend), else sent to rank 0, which logs it after
+        its step (distlib/relay.py). Its train loss comes at the end (the logger's ``amend``)."""
+        if self.logger is not None and 0 in self.backend.local_ranks:
+            self.logger.log(record)
+        elif self.relay is not None:
+            self.relay.send(record)
 
     def _build_model(self, init_seed: int) -> nn.Module:
         seed_torch(init_seed)

@@ -21,7 +21,8 @@ from scipy.optimize import minimize
 from distlib.algorithms.ad_psgd import ADPSGD, bipartite_split
 from distlib.algorithms.async_ps import PUSH, TAG_PUSH
 from conftest import TINY, make_cfg, run_training
-from support import VectorWorker, free_port, run_workers
+from support import VectorWorker, comparable, free_port, run_workers
+from distlib import checkpoint as ckpt
 from distlib.comm.sim import SimCommunicator, SimWorld
 from distlib.lr import LRSchedule
 from distlib.strategy import Context
@@ -352,3 +353,67 @@ def test_async_ps_on_gloo_records_the_server_evaluations(gloo_runs: Path) -> Non
     spe = history[0]["step"]
     assert [h["step"] for h in history] == [spe * (e + 1) for e in range(GLOO_EPOCHS)]  # every epoch (eval_every default)
     assert all(0.5 < h["test_accuracy"] <= 1.0 for h in history)
+
+
+# -- faults: the parameter server goes on without its down workers ---------------------------------
+FAULTY_PS = (*TINY, "workers=3", "algorithm=async_ps", "batch_size=16", "cluster.step_time_s=0.01", "max_steps=20",
+             "eval_every=5")
+
+
+@pytest.mark.slow
+def test_async_ps_goes_on_without_a_down_worker_whose_model_stays_as_it_was(tmp_path, monkeypatch):
+    """Worker 1 is down for progress steps 4..9 (versions 12..29 of 3 workers): its push made
+    as it went down is held unanswered, so it neither pulls nor pushes and its x stays as it
+    was; the two live workers push every gradient of those steps. It then gets the current x
+    (its held gradient dropped)."""
+    from distlib.algorithms.async_ps import AsyncPS
+    replies: dict[int, list[tuple[int, torch.Tensor]]] = {0: [], 1: [], 2: []}
+    original = AsyncPS._reply
+
+    def spy(self, ctx):
+        original(self, ctx)
+        if not self.awaiting:
+            replies[ctx.rank].append((self.version, ctx.worker.flat_params().clone()))
+    monkeypatch.setattr(AsyncPS, "_reply", spy)
+    _, summary = run_training(make_cfg(*FAULTY_PS, "faults=crash", "faults.ranks=[1]", "faults.at_step=4",
+                                       "faults.down_steps=6"), tmp_path)
+    versions = [v for v, _ in replies[1]]
+    before = max(v for v in versions if v <= 12)
+    after = min(v for v in versions if v > 12)
+    assert after >= 30                     # no new x while down: the next comes when it is back
+    k = versions.index(before)
+    assert not torch.equal(replies[1][k + 1][1], replies[1][k][1])     # back: the server's current x
+    live = sorted(v for r in (0, 2) for v, _ in replies[r] if before < v < after)
+    assert live == list(range(before + 1, after))     # the others push every gradient meanwhile
+    assert [h.get("live_workers") for h in summary["history"]] == [2, 3, 3, 3]    # at versions 15, 30, 45 and the end
+    assert summary["faults"]["down_steps_per_worker"] == [0, 6, 0]
+
+
+@pytest.mark.slow
+def test_async_ps_same_faults_same_history_and_resume_mid_churn(tmp_path, monkeypatch):
+    """Churn with a straggler: two runs agree, and a run that crashes after a cut resumes as
+    the run never stopped (down workers wait through the cuts and save too)."""
+    overrides = (*FAULTY_PS, "faults=churn", "faults.p_leave=0.1", "faults.mean_down_steps=3",
+                 "cluster.speeds=[1,0.5,1]", "checkpoint.every=2")
+    _, whole = run_training(make_cfg(*overrides), tmp_path / "whole")
+    _, again = run_training(make_cfg(*overrides), tmp_path / "again")
+    assert comparable(whole) == comparable(again) and min(h["live_workers"] for h in whole["history"]) < 3
+
+    class Crash(Exception):
+        pass
+    from distlib.worker import Worker
+    calls, original = {"n": 0}, Worker.forward_backward
+
+    def forward_backward(self):
+        if self.rank == 0:
+            calls["n"] += 1
+            if calls["n"] == 14:
+                raise Crash()
+        return original(self)
+    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+    with pytest.raises(Crash):
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    monkeypatch.undo()
+    assert ckpt.complete_steps(tmp_path / "split" / "checkpoints")
+    _, resumed = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    assert comparable(resumed) == comparable(whole)

@@ -52,8 +52,8 @@ ALGORITHMS = {
     # asynchronous: checkpoints at the server's consistent cuts, at 4, 5, 8, ... steps' worth of gradients
     "async_ps": ["algorithm=async_ps", "cluster.speeds=[1,1,1,0.5]"],
 }
-# AD-PSGD has no consistent cut: it refuses to checkpoint and to resume (see docs/checkpoints.md);
-# test_adpsgd_writes_no_checkpoint_and_refuses_to_resume.
+# AD-PSGD checkpoints at its own cuts, whose steps depend on the event order:
+# test_adpsgd_cuts_are_consistent_and_a_crashed_run_resumes_as_the_same_run.
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -321,19 +321,37 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path)
     assert interrupted_mid_write >= 1      # the kills did land while a checkpoint was being written
 
 
-def test_adpsgd_writes_no_checkpoint_and_refuses_to_resume(tmp_path):
-    """AD-PSGD's pairwise protocol has no consistent cut (every pair would have to stop at once
-    with no message in flight), so its runs neither checkpoint nor resume."""
-    from distlib.trainer import Trainer
-    overrides = (*TINY, "workers=3", "algorithm=ad_psgd", "topology=ring", "cluster.step_time_s=0.01", "max_steps=6")
-    from distlib.errors import ConfigError
-    run_training(make_cfg(*overrides), tmp_path)
-    assert ckpt.find(tmp_path) is None
-    # refused when the config is checked, in one line; so is an explicit checkpoint interval
-    with pytest.raises(ConfigError, match=r"^resume: asynchronous algorithm ad_psgd has no consistent cut"):
-        Trainer(make_cfg(*overrides, "resume=true"), tmp_path)
-    with pytest.raises(ConfigError, match=r"^checkpoint.every: asynchronous algorithm ad_psgd has no consistent"):
-        Trainer(make_cfg(*overrides, "checkpoint.every=2"), tmp_path)
+@pytest.mark.slow
+def test_adpsgd_cuts_are_consistent_and_a_crashed_run_resumes_as_the_same_run(tmp_path, monkeypatch):
+    """AD-PSGD cuts where a checkpoint is due (every 4 steps, epoch ends, the end): the
+    workers drain their pair averagings and save. With lr 1e-30 (below every weight's ulp)
+    and a different x_0 per worker only averagings move x, and each keeps the pair's sum: at
+    every consistent cut the sum over workers is the final one (a half-done averaging, one
+    side updated, would change it).
+    A run that crashes after a cut resumes as the run never stopped."""
+    overrides = (*RUN, "algorithm=ad_psgd", "topology=ring", "cluster.speeds=[1,1,1,0.5]", f"max_steps={STEPS}")
+    still = (*overrides, "optim.lr=1e-30", "init=per_worker", "model.dropout=0", "checkpoint.keep=100")
+    trainer, _ = run_training(make_cfg(*still), tmp_path / "still")
+    final = {k: sum(w.model.state_dict()[k] for w in trainer.workers.values())
+             for k in trainer.workers[0].model.state_dict()}
+    steps = ckpt.complete_steps(tmp_path / "still" / "checkpoints")
+    assert steps == [4, 5, 8, 10, 12, 13]
+    for step in steps:
+        shard = ckpt.load_file(next(ckpt.step_dir(tmp_path / "still" / "checkpoints", step).glob("shard_*")))
+        xs = [shard["ranks"][r]["worker"]["model"] for r in range(4)]
+        for k, v in final.items():
+            assert torch.allclose(sum(x[k] for x in xs), v, atol=1e-5), (step, k)
+        if step == steps[0]:    # not merely all equal (later ones may be: averaging reaches the mean)
+            assert any(not torch.equal(xs[0][k], x[k]) for x in xs[1:] for k in x)
+
+    whole, whole_summary = run_training(make_cfg(*overrides), tmp_path / "whole")
+    crash_after(monkeypatch, 12)    # worker 1 (fast, passive) is at its step 10 at cuts 4 and 5, 14 at cut 8
+    with pytest.raises(Crash):
+        run_training(make_cfg(*overrides), tmp_path / "split")
+    assert ckpt.complete_steps(tmp_path / "split" / "checkpoints") == [4, 5]
+    monkeypatch.undo()
+    resumed, summary = run_training(make_cfg(*overrides, "resume=true"), tmp_path / "split")
+    assert_same_run(whole, whole_summary, resumed, summary, tmp_path / "whole", tmp_path / "split")
 
 
 def test_async_ps_checkpoints_and_resumes_on_every_backend(tmp_path):

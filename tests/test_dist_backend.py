@@ -212,8 +212,10 @@ def test_killed_rank_stops_the_others_with_a_clear_error(tmp_path: Path) -> None
 
 
 def test_mismatched_calls_stop_both_ranks_with_a_clear_error(tmp_path: Path) -> None:
+    # The timeout must fire at step 3, not earlier: on a loaded machine the two ranks reach
+    # their set-up calls seconds apart, and 2 s made this test flaky.
     case = {"overrides": [*TINY, "workers=2", "max_steps=10", "algorithm=dpsgd", "algorithm.name=mismatched",
-                          "topology=ring", "backend=torch", "backend.dist=gloo", "backend.timeout_s=2"],
+                          "topology=ring", "backend=torch", "backend.dist=gloo", "backend.timeout_s=6"],
             "run_dir": str(tmp_path / "run")}
     with Ranks(tmp_path, {"cases": [case], "own_group": False}, world=2) as job:
         codes = job.wait(timeout=120)       # generous: only a hang fails this

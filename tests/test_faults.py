@@ -277,6 +277,7 @@ BAD = [
     (["faults=none", "faults.p_leave=0.1"], "faults.p_leave: set with faults=none"),
     (["faults=links", "+faults.partition={a:[0],c:[1]}"], "faults.partition.c: unknown key"),
     (["faults=churn", "faults.p_leave=0.1", "algorithm=ad_psgd"], "faults: ad_psgd is asynchronous"),
+    (["faults=links", "faults.p_drop=0.1", "algorithm=async_ps"], "faults.p_drop: async_ps models down workers only"),
 ]
 
 

@@ -58,7 +58,8 @@ def _summaries(root: Path) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_joblib_launcher_gives_the_sequential_sweeps_summaries(tmp_path: Path, monkeypatch, capsys) -> None:
-    grid = ["algorithm=dpsgd,matcha", "seed=0,1", "max_steps=30", "hydra.sweep.subdir=${hydra.job.override_dirname}"]
+    grid = ["algorithm=dpsgd,matcha", "seed=0,1", "max_steps=30", "log.tensorboard=true",
+            "hydra.sweep.subdir=${hydra.job.override_dirname}"]
     _cli_here(monkeypatch, capsys, "-m", *TINY_ARGS, *grid, f"hydra.sweep.dir={tmp_path / 'seq'}")
     _cli_here(monkeypatch, capsys, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_ARGS, *grid,
          f"hydra.sweep.dir={tmp_path / 'par'}",
@@ -68,14 +69,20 @@ def test_joblib_launcher_gives_the_sequential_sweeps_summaries(tmp_path: Path, m
     for name in seq:
         assert comparable(par[name]) == comparable(seq[name]), name
     assert {s["algorithm"] for s in seq.values()} == {"dpsgd", "matcha"}
+    # each job's TensorBoard run is named by its swept values, also in joblib's worker processes
+    for sweep in ("seq", "par"):
+        names = sorted(p.name for p in (tmp_path / sweep).glob("*/tb/*") if p.is_dir())
+        assert names == [f"algorithm={a},seed={s}" for a in ("dpsgd", "matcha") for s in (0, 1)], (sweep, names)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_submitit_local_runs_the_two_jobs(tmp_path: Path) -> None:
     _cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY_ARGS,
-         "algorithm=dpsgd,matcha", "max_steps=4", f"hydra.sweep.dir={tmp_path}")
+         "algorithm=dpsgd,matcha", "max_steps=4", "log.tensorboard=true", f"hydra.sweep.dir={tmp_path}")
     runs = _summaries(tmp_path)
+    # a submitit job's argv is submitit's: its TensorBoard run is still named by the swept value
+    assert sorted(p.name for p in tmp_path.glob("*/tb/*") if p.is_dir()) == ["algorithm=dpsgd", "algorithm=matcha"]
     assert sorted(s["algorithm"] for s in runs.values()) == ["dpsgd", "matcha"]
     assert all(s["steps"] == 4 for s in runs.values())
     assert list(tmp_path.glob(".submitit/*/*_result.pkl"))   # submitit ran them, as its jobs

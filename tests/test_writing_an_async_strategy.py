@@ -65,6 +65,22 @@ def test_a_slow_worker_falls_behind_and_the_models_contract(project, monkeypatch
 
 
 @pytest.mark.slow
+def test_a_protocol_without_cuts_refuses_resume_and_a_checkpoint_interval(project, monkeypatch, tmp_path):
+    """The page's strategy has no consistent cut: a resume or an explicit checkpoint.every is
+    refused in one line when the config is checked (the shipped ones all have cuts)."""
+    from conftest import TINY, make_cfg
+
+    from distlib.errors import ConfigError
+    from distlib.trainer import Trainer
+    monkeypatch.syspath_prepend(str(project))
+    base = (*TINY, "workers=3", "imports=[push_ring]", "~algorithm", "+algorithm._target_=push_ring.PushRing")
+    for extra, field in (("resume=true", "resume"), ("checkpoint.every=2", "checkpoint.every")):
+        with pytest.raises(ConfigError, match=rf"^{field}: asynchronous algorithm push_ring.PushRing has no "
+                                              rf"consistent cut to checkpoint at"):
+            Trainer(make_cfg(*base, extra), tmp_path)
+
+
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_the_page_command_runs(project, tmp_path):
     (cmd,) = [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("distlib-train")]
