@@ -142,7 +142,11 @@ def _label(cfg: dict[str, Any]) -> str:
     a = cfg.get("algorithm") or {}
     parts = [str(a.get("name"))] + [f"{k}={a[k]}" for k in ("base", "budget", "weights") if k in a]
     d = cfg.get("dataset") or {}
-    parts += [f"topology={(cfg.get('topology') or {}).get('name')}", f"model={(cfg.get('model') or {}).get('name')}",
+    t = cfg.get("topology") or {}
+    topology = str(t.get("name"))
+    if t.get("graphs"):     # a schedule: its graphs name it (two schedules are two cells)
+        topology += "(" + ",".join(g if isinstance(g, str) else f"{g.get('name')}-relabelled" for g in t["graphs"]) + ")"
+    parts += [f"topology={topology}", f"model={(cfg.get('model') or {}).get('name')}",
               f"dataset={d.get('name')}", f"partition={d.get('partition')}"]
     if d.get("partition") == "dirichlet":
         parts.append(f"alpha={d.get('alpha')}")
