@@ -66,19 +66,19 @@ def restrict(plan: MixPlan, ctx: "Context") -> MixPlan:
     return MixPlan(peers, plan.w_self + lost, {j: plan.w_peers[j] for j in peers})
 
 
-def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> dict[int, torch.Tensor]:
-    """Exchange x_i with ``plan.peers`` and mix in place. Returns what came in ({} if no peers:
-    a worker with no active link sends and receives nothing).
+def gossip(comm: Communicator, x: torch.Tensor, plan: MixPlan) -> None:
+    """Exchange x_i with ``plan.peers`` and mix in place (a worker with no active link sends
+    and receives nothing).
 
     With ``comm.message_dtype`` (``comm.dtype=bfloat16|float16``) x_i is sent rounded to it
     (and counted at its size); the mix is computed in x_i's own precision, with x_i itself
     unrounded."""
     if not plan.peers:
-        return {}
+        return
     low = comm.message_dtype
-    got = comm.exchange(x if low is None or low == x.dtype else x.to(low), plan.peers)
+    # borrowed: read by mix_into at once and kept by no one (the dist backend reuses the memory)
+    got = comm.exchange_borrowed(x if low is None or low == x.dtype else x.to(low), plan.peers)
     mix_into(x, got, plan.w_self, plan.w_peers)
-    return got
 
 
 class WeightCache:

@@ -37,11 +37,14 @@ def device_kind(name: str) -> str:
     return name
 
 
+_NOTHING = contextlib.nullcontext()     # reusable: entered once per forward pass at precision 32
+
+
 def autocast(precision: Any, device: torch.device) -> contextlib.AbstractContextManager:
     """The context the forward pass runs in: autocast for ``*-mixed``, nothing for 32."""
     dtype = _AUTOCAST.get(precision)
     if dtype is None:
-        return contextlib.nullcontext()
+        return _NOTHING
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

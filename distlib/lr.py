@@ -23,7 +23,7 @@ recomputed exactly on resume with nothing saved.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ class LRSchedule:
     total_steps: int = 1
     warmup_steps: int = 0
     min_lr: float = 0.0
+    #: the last (step, rate) computed: the simulated workers of one process ask for the same
+    #: step in turn (n times per step), so it is computed once per step
+    _last: list = field(default_factory=lambda: [None, 0.0], compare=False, repr=False)
 
     @classmethod
     def from_config(cls, o: Mapping[str, Any], steps_per_epoch: int, total_steps: int) -> "LRSchedule":
@@ -68,6 +71,9 @@ class LRSchedule:
     def apply(self, worker: "Worker", step: float, divisor: float = 1.0) -> float:
         """Set ``worker``'s optimizer to the rate of ``step`` (divided by ``divisor``, e.g. a
         staleness scaling 1 + s); return it."""
-        lr = self(step) / divisor
+        last = self._last
+        if last[0] != step:
+            last[0], last[1] = step, self(step)
+        lr = last[1] / divisor
         worker.set_lr(lr)
         return lr

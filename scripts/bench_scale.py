@@ -11,6 +11,11 @@ each run reaches is beside its speed.
         once; no communication, no data pipeline, no logging. What n separate models cost on
         this CPU, the floor under any simulator of n workers (one model at batch n b is not it:
         its weights are shared);
+- floor+mix: the floor plus D-PSGD's gossip arithmetic as the simulator does it (a snapshot
+        of each x_i after its step, then x_i <- W_ii x_i + sum_j W_ij x_j in place from the
+        snapshots, with distlib.averaging.mix_into): what D-PSGD must compute, without the
+        runtime. sim / floor+mix is the simulator's own overhead; floor+mix / floor is the
+        most sim / floor can be (gossip is memory work several passes over the model);
 - hand: a hand-written loop over the n models: each draws its batch, steps its optimizer;
         then every model is mixed, x_i <- W_ii x_i + sum_j W_ij x_j, from one copy of all the
         parameters (the models' parameters are rows of one n x P tensor). The same arithmetic
@@ -19,9 +24,9 @@ each run reaches is beside its speed.
 
 Per (graph, n), in a fresh process (so its peak RSS is its own):
 
-- steady-state samples/s of the three (n * 32 per step), from the end of the warm-up step on
-  every worker to the end of the last step on every worker, the ratios sim / hand and
-  sim / floor, and the mean train loss of the last step of each (the same data and schedule);
+- steady-state samples/s of the four (n * 32 per step), from the end of the warm-up step on
+  every worker to the end of the last step on every worker, the ratios sim / hand,
+  sim / floor and sim / floor+mix, and the mean train loss of the last step of each (the same data and schedule);
 - time per worker-step (1 / steps per second / n), and its ratio at n = 1024 against n = 64;
 - build + first evaluation: Trainer construction plus every worker's build, and the first
   evaluation (the averaged model on the test set, consensus distance, byte counters; the own
@@ -29,7 +34,7 @@ Per (graph, n), in a fresh process (so its peak RSS is its own):
   leaving it (all workers have finished training by then: a barrier ends the last step);
 - peak RSS of the process, minus the RSS before the Trainer was built, per worker.
 
-The sim, the hand loop and the floor run in interleaved rounds in the same process; the figure kept is
+The sim, the hand loop, the floor and floor+mix run in interleaved rounds in the same process; the figure kept is
 each one's best round (other programs on a busy machine can only slow a round down). torch
 runs one thread by default (``--threads``): on a machine whose cores are shared, OpenMP teams
 wait for descheduled threads.
@@ -136,7 +141,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
             return compose("train", overrides=[
                 "algorithm=dpsgd", "algorithm.name=bench_scale_dpsgd", f"workers={workers}", f"topology={graph}",
                 "model=mlp", "dataset=mnist", "dataset.name=bench_digits", f"batch_size={BATCH}",
-                f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={EVAL_SAMPLE}",
+                f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={min(EVAL_SAMPLE, workers)}",
                 "log.tensorboard=false", "log.progress=false", "checkpoint.enabled=false"])
     cfg = config(n, total)
     with tempfile.TemporaryDirectory() as run_dir:      # imports and first calls, before any timing
@@ -248,27 +253,78 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
                 "final_train_loss": loss}
 
-    sims, hands, floors = [], [], []
-    for _ in range(rounds):     # interleaved, so load on the machine hits all three alike
+    def floor_mix_round() -> dict[str, float]:
+        """The floor plus D-PSGD's gossip arithmetic done the simulator's way: after its SGD
+        step each model's flat parameters are snapshotted (the message), and once all have
+        stepped each x_i <- W_ii x_i + sum_j W_ij x_j is mixed in place from the snapshots
+        (distlib.averaging.mix_into, the same calls). What D-PSGD must compute; no Python
+        runtime, hooks, data pipeline or logging."""
+        from torch import nn
+
+        from distlib.averaging import mix_into
+        from distlib.models import MODELS
+        from distlib.topology import build_topology
+        from distlib.topology.mixing import mixing_matrix
+        torch.manual_seed(0)
+        first = MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28), num_classes=10)
+        models = [first] + [copy.deepcopy(first) for _ in range(n - 1)]
+        flats = []
+        for m in models:        # x_i: one flat tensor per model, its parameters views into it
+            qs = list(m.parameters())
+            flat = torch.cat([q.data.reshape(-1) for q in qs])
+            off = 0
+            for q in qs:
+                q.data = flat[off:off + q.numel()].view_as(q)
+                off += q.numel()
+            flats.append(flat)
+        w = mixing_matrix(build_topology(cfg.topology, n).graph_at(0))
+        rows = [(float(w[i, i]), {int(j): float(w[i, j]) for j in np.flatnonzero(w[i]) if j != i}) for i in range(n)]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
+        data = tiled.train
+        batches = [(data.x[i * PER_WORKER:i * PER_WORKER + BATCH], data.y[i * PER_WORKER:i * PER_WORKER + BATCH])
+                   for i in range(n)]
+        for step in range(total):
+            if step == warmup:
+                t0 = _now()
+            snaps = []
+            for m, opt, (xb, yb), flat in zip(models, opts, batches, flats):
+                opt.zero_grad()
+                nn.functional.cross_entropy(m(xb), yb).backward()
+                opt.step()
+                snaps.append(flat.clone())
+            for i, (w_ii, peers) in enumerate(rows):
+                mix_into(flats[i], {j: snaps[j] for j in peers}, w_ii, peers)
+        t1 = _now()
+        with torch.no_grad():
+            loss = sum(float(nn.functional.cross_entropy(m(xb), yb)) for m, (xb, yb) in zip(models, batches)) / n
+        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
+                "final_train_loss": loss}
+
+    sims, hands, floors, floor_mixes = [], [], [], []
+    for _ in range(rounds):     # interleaved, so load on the machine hits all four alike
         sims.append(sim_round())
         hands.append(hand_round())
         floors.append(floor_round())
+        floor_mixes.append(floor_mix_round())
     res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
     for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
         sim = max(r["samples_per_s"][clock] for r in sims)
         hand = max(r["samples_per_s"][clock] for r in hands)
         floor = max(r["samples_per_s"][clock] for r in floors)
+        floor_mix = max(r["samples_per_s"][clock] for r in floor_mixes)
         res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": hand, "sim_vs_hand": sim / hand,
                       "floor_samples_per_s": floor, "sim_vs_floor": sim / floor,
+                      "floor_mix_samples_per_s": floor_mix, "sim_vs_floor_mix": sim / floor_mix,
+                      "floor_mix_vs_floor": floor_mix / floor,
                       "worker_step_ms": 1e3 * BATCH / sim,
                       **{k: min(r[k][clock] for r in sims)
                          for k in ("build_s", "first_eval_s", "ready_and_evaluated_s", "trainer_init_s")}}
     peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
     res.update(peak_rss_mb=peak, rss_before_mb=sims[0]["rss_before_mb"],
                rss_per_worker_mb=(peak - sims[0]["rss_before_mb"]) / n,
-               all_rounds={"sim": sims, "hand": hands, "floor": floors}, load_avg=_load(),
+               all_rounds={"sim": sims, "hand": hands, "floor": floors, "floor_mix": floor_mixes}, load_avg=_load(),
                final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in
-                                 (("sim", sims), ("hand", hands), ("floor", floors))})
+                                 (("sim", sims), ("hand", hands), ("floor", floors), ("floor_mix", floor_mixes))})
     return res
 
 
@@ -299,10 +355,10 @@ def main() -> None:
     results: dict[str, Any] = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "threads": args.threads,
                                "eval_per_worker_sample": EVAL_SAMPLE, "cpus": os.cpu_count(),
                                "load_avg_start": _load(), "runs": []}
-    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'sim/floor':>9s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | "
-            f"{'sim/hand':>8s} {'sim/floor':>9s} {'ms/wk-step':>10s} {'ready+eval s':>12s} | {'MB/worker':>9s} | "
-            f"final train loss sim / hand / floor")
-    print(f"{'':18s} | {'CPU time of this process':^44s} | {'wall time':^44s} |")
+    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'sim/floor':>9s} {'sim/fl+mix':>10s} {'ms/wk-step':>10s} "
+            f"{'ready+eval s':>12s} | {'sim/hand':>8s} {'sim/floor':>9s} {'sim/fl+mix':>10s} {'ms/wk-step':>10s} "
+            f"{'ready+eval s':>12s} | {'MB/worker':>9s} | final train loss sim / hand / floor / floor+mix")
+    print(f"{'':18s} | {'CPU time of this process':^55s} | {'wall time':^55s} |")
     print(head, flush=True)
     for graph in args.graphs:
         for n in args.workers:
@@ -314,11 +370,12 @@ def main() -> None:
                 sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(line[len("RESULT "):])
             results["runs"].append(r)
-            cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['sim_vs_floor']:9.3f} {r[c]['worker_step_ms']:10.3f} "
-                              f"{r[c]['ready_and_evaluated_s']:12.2f}" for c in ("cpu", "wall"))
+            cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['sim_vs_floor']:9.3f} {r[c]['sim_vs_floor_mix']:10.3f} "
+                              f"{r[c]['worker_step_ms']:10.3f} {r[c]['ready_and_evaluated_s']:12.2f}"
+                              for c in ("cpu", "wall"))
             fl = r["final_train_loss"]
             print(f"{graph:12s} {n:5d} | {cols} | {r['rss_per_worker_mb']:9.2f} | "
-                  f"{fl['sim']:.3f} / {fl['hand']:.3f} / {fl['floor']:.3f}", flush=True)
+                  f"{fl['sim']:.3f} / {fl['hand']:.3f} / {fl['floor']:.3f} / {fl['floor_mix']:.3f}", flush=True)
     by = {(r["graph"], r["workers"]): r for r in results["runs"]}
     for clock in ("cpu", "wall"):
         results[f"worker_step_1024_vs_64_{clock}"] = {

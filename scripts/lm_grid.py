@@ -16,8 +16,9 @@ cores), the method's overrides and ``seed=0..SEEDS-1``:
                          with outer lr 1 and no momentum)
     dpsgd_ring_adamw     D-PSGD with AdamW on a ring: one gossip exchange with 2 neighbours per step
 
-Runs go to RUNS/CELL/seedK; complete ones are skipped, interrupted ones resume from their
-checkpoint (distlib/compare/grid.py). The report (``distlib-compare``) goes to OUT.
+Runs go to RUNS/CELL/seedK (one Hydra multirun per cell, over the seeds); complete ones are
+skipped, interrupted ones resume from their checkpoint (``distlib.compare.grid.run_cells``).
+The report (``distlib-compare``) goes to OUT.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distlib.compare.grid import Job, run_jobs
+from distlib.compare.grid import run_cells
 
 #: the GPT of the grid: 2 layers, 4 heads, 32 wide, 32 tokens of context (30 k parameters)
 GRID_MODEL = ("model.n_embd=32", "model.block_size=32", "dataset.block_size=32")
@@ -40,9 +41,9 @@ CELLS: dict[str, tuple[str, ...]] = {
 }
 
 
-def jobs(runs: Path, seeds: int, extra: tuple[str, ...] = ()) -> list[Job]:
-    return [Job(f"{cell} seed={seed}", runs / cell / f"seed{seed}", (*BASE, *ov, f"seed={seed}", *extra))
-            for seed in range(seeds) for cell, ov in CELLS.items()]
+def cells(runs: Path, extra: tuple[str, ...] = ()) -> list[tuple[Path, list[str]]]:
+    """Each cell's folder and overrides (the seeds are swept by run_cells)."""
+    return [(runs / cell, [*BASE, *ov, *extra]) for cell, ov in CELLS.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,21 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--runs", type=Path, default=Path("/tmp/lm_grid_runs"))
     p.add_argument("--out", type=Path, default=Path("docs/results/lm_diloco"))
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses one core)")
+    p.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (N processes)")
     p.add_argument("--list", action="store_true", help="print the runs still to make, run nothing")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     a = p.parse_args(argv)
     if not a.report_only:
-        res = run_jobs(jobs(a.runs, a.seeds, tuple(a.extra)), a.jobs, dry_run=a.list)
-        if res["seconds"]:
-            s = sorted(res["seconds"])
-            print(f"wall seconds per run: median {s[len(s) // 2]:.1f}, max {s[-1]:.1f}; states {res['counts']}")
+        i, n = map(int, a.shard.split("/"))
+        counts = run_cells(cells(a.runs, tuple(a.extra)), a.seeds, (i, n), dry_run=a.list)
+        print(f"seeds before this call: {counts}")
         if a.list:
             return 0
-        if any(k.startswith("failed") for k in res["counts"]):
-            print("some runs failed: see train.log in their folders, then run again", file=sys.stderr)
-            return 1
     from distlib.compare import main as compare
     compare([str(a.runs), "--out", str(a.out), "--target", "0.5"])
     return 0

@@ -34,6 +34,12 @@ def comm_script(comm: Communicator) -> dict[str, torch.Tensor]:
     out["all_gather"] = torch.stack(comm.all_gather(x[:3] * 2))
     got = comm.exchange(x, [nxt, prv])
     out["exchange"] = torch.stack([got[p] for p in sorted(got)])
+    # Borrowed twice: the second call may receive into the first one's memory (torch backend)
+    # and must still deliver its own values; the first call's are read before it.
+    first = comm.exchange_borrowed(x * 3, [nxt, prv])
+    first = torch.stack([first[p] for p in sorted(first)])
+    second = comm.exchange_borrowed(x * 5, [nxt, prv])
+    out["exchange_borrowed"] = torch.stack([first, torch.stack([second[p] for p in sorted(second)])])
     # Blocking send/recv around the ring; even ranks send first, so no order can deadlock.
     buf = torch.empty(2)
     if r % 2 == 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_cfg, run_training
+from conftest import TINY, make_cfg, run_training
 from distlib.compare.grid import expected_steps, run_state
 from distlib.config import validate
 from distlib.topology import build_topology
@@ -102,3 +102,19 @@ def test_a_real_grid_run_is_recognised_as_complete(tmp_path):
     _, summary = run_training(cfg, tmp_path)
     assert run_state(tmp_path) == "complete" and summary["steps"] == summary["steps_per_epoch"] == 31
     assert summary["shard_sizes"] == [500] * 8          # IID: 4,000 digits in 8 equal shards
+
+
+@pytest.mark.slow
+def test_run_cells_makes_each_cells_seeds_once_and_only_the_shards_cells(tmp_path, capsys):
+    """scripts/faults_grid.py and lm_grid.py: one multirun per cell over the seeds; run again,
+    nothing is made twice; a shard runs only its own cells."""
+    from distlib.compare.grid import run_cells
+    base = [*TINY, "workers=2", "max_steps=3", "eval_every=3", "checkpoint.keep=1"]
+    cells = [(tmp_path / "a", [*base, "algorithm=dpsgd"]), (tmp_path / "b", [*base, "algorithm=allreduce_sgd"])]
+    assert run_cells(cells, 2, shard=(1, 2)) == {"missing": 2}      # only cell b
+    assert not (tmp_path / "a").exists()
+    made = {p: p.stat().st_mtime_ns for p in (tmp_path / "b").glob("seed*/summary.json")}
+    assert len(made) == 2 and {json.loads(p.read_text())["seed"] for p in made} == {0, 1}
+    assert run_cells(cells, 2, shard=(1, 2)) == {"complete": 2}
+    assert {p: p.stat().st_mtime_ns for p in made} == made                # not run again
+    assert run_cells(cells, 2, dry_run=True) == {"missing": 2, "complete": 2}

@@ -147,6 +147,13 @@ class Communicator(ABC):
         are read-only snapshots owned by the communicator.
         """
 
+    def exchange_borrowed(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """``exchange``, for a caller that reads what it receives at once and keeps none of it:
+        the tensors are lent until this worker's next ``exchange_borrowed``, so a backend may
+        receive into the same memory every call (gossip does; torch.distributed reuses its
+        buffers). By default, ``exchange`` itself."""
+        return self.exchange(tensor, peers)
+
     # -- point to point ---------------------------------------------------------------------
     # Tags keep message kinds apart: a receive on one tag never takes a message sent on another.
     @abstractmethod

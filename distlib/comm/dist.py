@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -119,6 +119,12 @@ class DistCommunicator(Communicator):
         #: names the rank that died after a communication error (set by TorchBackend.run)
         self.heartbeat: Heartbeat | None = None
         self._any: dict[int, tuple[_DistHandle, dist.Work]] = {}  # recv_any still open, per tag
+        #: exchange_borrowed's receive buffers, per peer: lent to the caller until its next
+        #: exchange (a fresh 0.6 MB buffer per peer per call cost ~6% of a 2-process ring exchange)
+        self._lent: dict[int, torch.Tensor] = {}
+        #: the backend groups point-to-point operations (NCCL): exchange goes through
+        #: batch_isend_irecv; gloo posts each isend/irecv itself
+        self._coalesce = dist.get_backend() == "nccl"
 
     # -- time and errors -------------------------------------------------------------------
     def _flush(self) -> None:
@@ -135,20 +141,24 @@ class DistCommunicator(Communicator):
         try:
             yield
         except RuntimeError as e:   # gloo/NCCL errors and timeouts are RuntimeErrors
-            where = f"step {self.step}" if self.step >= 0 else "before the first step"
-            lost = self.heartbeat.silent() if self.heartbeat is not None else []
-            if lost:    # a peer stopped beating: say which, not gloo's "Connection reset by peer"
-                who = ", ".join(map(str, lost))
-                # dead or frozen look alike from here (a peer that saw the freeze first may have left)
-                raise CommError(f"rank {self.rank}: rank {who} stopped (died or froze: its heartbeat is silent); "
-                                f"{what} failed at {where}") from e
-            raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
-                            f"a peer may have died or called a different operation): {e}") from e
+            self._fail(what, e)
         now = time.perf_counter()
         if self._counting:
             self.counters.clock += now - self._seg
             self.counters.comm_time += now - self._seg
         self._seg = now
+
+    def _fail(self, what: str, e: RuntimeError) -> NoReturn:
+        """Raise the CommError for call ``what`` that failed with ``e``."""
+        where = f"step {self.step}" if self.step >= 0 else "before the first step"
+        lost = self.heartbeat.silent() if self.heartbeat is not None else []
+        if lost:    # a peer stopped beating: say which, not gloo's "Connection reset by peer"
+            who = ", ".join(map(str, lost))
+            # dead or frozen look alike from here (a peer that saw the freeze first may have left)
+            raise CommError(f"rank {self.rank}: rank {who} stopped (died or froze: its heartbeat is silent); "
+                            f"{what} failed at {where}") from e
+        raise CommError(f"rank {self.rank}: {what} failed at {where} (timeout {self.timeout_s:g} s; "
+                        f"a peer may have died or called a different operation): {e}") from e
 
     def _wait(self, works: Sequence[dist.Work] | dist.Work | None) -> None:
         # batch_isend_irecv on gloo returns one Work per operation: wait on every one.
@@ -238,27 +248,65 @@ class DistCommunicator(Communicator):
 
     # -- neighbour exchange -----------------------------------------------------------------
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
-        peers = list(peers)
+        return self._exchange(tensor, peers, None)
+
+    def exchange_borrowed(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
+        return self._exchange(tensor, peers, self._lent)
+
+    def _exchange(self, tensor: torch.Tensor, peers: Sequence[int],
+                  pool: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        # Called every step by gossip: no more Python than the transfer needs (a bare
+        # batch_isend_irecv of the same tensors is the yardstick, scripts/bench_dist.py).
+        n = self.world_size
         for p in peers:
-            self._check_peer(p)
+            if not 0 <= p < n or p == self.rank:
+                raise ValueError(f"worker {self.rank}: invalid peer {p}")
         k, b = len(peers), nbytes(tensor)
         self._count(b * k, b * k, messages=k)
-        with self._op(f"exchange(peers={peers})"):
-            w, got = self._swap(tensor, peers)
+        self._flush()
+        start = self._seg
+        try:
+            w, got = self._swap(tensor, peers, pool)
+        except RuntimeError as e:
+            self._fail(f"exchange(peers={list(peers)})", e)
+        now = time.perf_counter()
+        if self._counting:
+            self.counters.clock += now - start
+            self.counters.comm_time += now - start
+        self._seg = now
         home = self.device or tensor.device    # delivered on this worker's device
         if got and w.device != home:
             got = {p: g.to(home) for p, g in got.items()}
         return got
 
-    def _swap(self, tensor: torch.Tensor, peers: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Send ``tensor`` to every peer and receive theirs: (the wire tensor, {peer: tensor})."""
+    def _swap(self, tensor: torch.Tensor, peers: Sequence[int],
+              pool: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Send ``tensor`` to every peer and receive theirs: (the wire tensor, {peer: tensor}).
+        Received into fresh tensors (callers may keep them), or into ``pool``'s buffer per
+        peer, reused while its shape, dtype and device fit."""
         w = self._wire(tensor)
-        got = {p: torch.empty_like(w) for p in peers}  # fresh: callers may keep them
-        # Sends and receives in ONE batched call: no order of peers can deadlock.
-        ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
-        ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
-        if ops:
-            self._wait(dist.batch_isend_irecv(ops))
+        if pool is None:
+            got = {p: torch.empty_like(w) for p in peers}
+        else:
+            got = {}
+            for p in peers:
+                buf = pool.get(p)
+                if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+                    buf = pool[p] = torch.empty_like(w)
+                got[p] = buf
+        if not got:
+            return w, got
+        # All sends and receives posted before any wait: no order of peers can deadlock.
+        if self._coalesce:     # NCCL: one group of operations
+            ops = [dist.P2POp(dist.isend, w, p, tag=RESERVED_TAG) for p in peers]
+            ops += [dist.P2POp(dist.irecv, got[p], p, tag=RESERVED_TAG) for p in peers]
+            works = dist.batch_isend_irecv(ops)
+        else:       # gloo: what batch_isend_irecv does there, without building and checking P2POps
+            works = [dist.isend(w, p, tag=RESERVED_TAG) for p in peers]
+            works += [dist.irecv(got[p], p, tag=RESERVED_TAG) for p in peers]
+        timeout = self.timeout
+        for work in works:
+            work.wait(timeout)
         return w, got
 
     def _group_all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
@@ -388,6 +436,7 @@ class TorchBackend(Backend):
         self.device = torch.device("cuda", self.local_rank) if dist == "nccl" else None
         self.wire = self.device or torch.device("cpu")
         self.comm: DistCommunicator | None = None
+        self._store: dist.Store | None = None     # the rendezvous store, held for the heartbeat
 
     def run(self, fn: Callable[[Communicator], Any]) -> Any:
         """Run this rank's worker; rank 0 returns ``fn``'s result, the others None."""
@@ -416,10 +465,15 @@ class TorchBackend(Backend):
             ok = True
             return result if self.rank == 0 else None
         finally:
-            if self.comm is not None and self.comm.heartbeat is not None:
-                self.comm.heartbeat.stop()
+            beat = self.comm.heartbeat if self.comm is not None else None
+            if beat is not None:
+                beat.stop()
             if owns_group:
                 _leave(ok)
+            if beat is not None and not ok:
+                # the store's host, out of the group (a peer blocked on it has its error now),
+                # stays until the survivors have named the dead rank through the store
+                beat.linger()
 
     def device_of(self, rank: int, kind: str) -> torch.device:
         """One GPU per process: visible GPU LOCAL_RANK (mod their number, so that gloo ranks
@@ -437,15 +491,18 @@ class TorchBackend(Backend):
         try:
             timeout = timedelta(seconds=self.timeout_s)
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            if restart == "0":
-                dist.init_process_group(self.dist, timeout=timeout, device_id=self.device)
-            else:
+            # What init_process_group's env:// does, with the store kept: on rank 0 it serves
+            # the heartbeat too, which must outlive the group after a failure (Heartbeat.linger).
+            store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+            store.set_timeout(timeout)
+            self._store = store
+            if restart != "0":
                 # After torchrun --max-restarts restarted the group, the agent's store still holds
                 # the dead group's gloo addresses under the same keys; a fresh prefix per restart
                 # keeps the new ranks from dialling them (seen on torch 2.14 with gloo).
-                store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
-                dist.init_process_group(self.dist, store=dist.PrefixStore(f"distlib/restart{restart}", store),
-                                         rank=rank, world_size=world, timeout=timeout, device_id=self.device)
+                store = dist.PrefixStore(f"distlib/restart{restart}", store)
+            dist.init_process_group(self.dist, store=store, rank=rank, world_size=world, timeout=timeout,
+                                     device_id=self.device)
         except RuntimeError as e:   # a rank that never arrives, or MASTER_ADDR:PORT unreachable
             raise CommError(f"rank {self.rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
                             f"{os.environ.get('MASTER_PORT')} failed (timeout {self.timeout_s:g} s): {e}") from e

@@ -33,6 +33,7 @@ class FTCommunicator(Communicator):
     def __init__(self, replica: int, replicas: int, timeout_s: float, min_replicas: int = 1) -> None:
         from torchft import Manager, ProcessGroupGloo
         self.rank, self.world_size, self.counters = replica, replicas, Counters()
+        self.reduces = 0        # training all-reduces so far (FTStep: did this step have one?)
         self._state: dict[str, Callable[..., Any]] = {}
         store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
         timeout = timedelta(seconds=timeout_s)
@@ -54,11 +55,17 @@ class FTCommunicator(Communicator):
         if op not in ("sum", "mean"):
             raise ValueError(f"all_reduce over torchft: op must be sum or mean, got {op!r}")
         from torch.distributed import ReduceOp
+        self.reduces += 1
         self._count(*collective_bytes("all_reduce", tensor, self.manager.num_participants(), self.rank))
         self.manager.allreduce(tensor, reduce_op=ReduceOp.AVG).wait()
         if op == "sum":
             tensor.mul_(self.manager.num_participants())
         return tensor
+
+    def lockstep(self) -> None:
+        """A 1-element all-reduce over the quorum, for a step that has none of its own (see
+        distlib.ft.FTStep); counted like any other."""
+        self.all_reduce(torch.zeros(1), op="mean")
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Set-up only (a common x_0): replicas start equal with init=same and heal from a peer."""

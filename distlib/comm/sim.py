@@ -199,7 +199,11 @@ class SimWorld:
 
     # -- channels --------------------------------------------------------------------------
     def channel(self, src: int, dst: int, tag: Any) -> deque[_Message]:
-        return self.mailbox.setdefault((src, dst, tag), deque())
+        key = (src, dst, tag)
+        chan = self.mailbox.get(key)    # not setdefault: it would build a deque on every call
+        if chan is None:
+            chan = self.mailbox[key] = deque()
+        return chan
 
 
 class _SimHandle(Handle):
@@ -312,16 +316,24 @@ class SimCommunicator(Communicator):
         self._collective("barrier", torch.zeros(0), lambda c: None, lambda: 0.0)
 
     # -- messages --------------------------------------------------------------------------
-    def _post(self, tensor: torch.Tensor, dst: int, tag: Any, data: torch.Tensor | None = None) -> None:
-        if not 0 <= dst < self.world.n or dst == self.rank:
-            raise ValueError(f"worker {self.rank}: invalid peer {dst}")
-        self._flush()
+    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
         # A snapshot, because the sender may change its tensor before the peer reads it.
-        data = tensor.detach().clone() if data is None else data
-        delay = self.world.network.transfer(nbytes(data), self.rank, dst) if self._counting else 0.0
-        self.world.channel(self.rank, dst, tag).append(_Message(data, self.counters.clock + delay))
-        self.world.wake(dst)
-        self._count(nbytes(data), 0)
+        self._post_all(tensor.detach().clone(), [dst], tag)
+
+    def _post_all(self, data: torch.Tensor, dsts: Sequence[int], tag: Any) -> None:
+        """Post the snapshot ``data`` to every rank in ``dsts`` (they only read it): one clock
+        reading and one byte count for all (an exchange with many peers posts them in a row)."""
+        world, me = self.world, self.rank
+        for dst in dsts:
+            if not 0 <= dst < world.n or dst == me:
+                raise ValueError(f"worker {me}: invalid peer {dst}")
+        self._flush()
+        b, clock, counting, network = nbytes(data), self.counters.clock, self._counting, world.network
+        for dst in dsts:
+            delay = network.transfer(b, me, dst) if counting else 0.0
+            world.channel(me, dst, tag).append(_Message(data, clock + delay))
+            world.wake(dst)
+        self._count(b * len(dsts), 0, messages=len(dsts))
 
     def _take(self, src: int, tag: Any) -> torch.Tensor:
         msg = self.world.channel(src, self.rank, tag).popleft()
@@ -340,13 +352,13 @@ class SimCommunicator(Communicator):
 
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         peers = list(peers)
-        snapshot = tensor.detach().clone() if peers else None   # one for all peers: they only read it
-        for p in peers:
-            self._post(tensor, p, "exchange", snapshot)
+        if peers:   # one snapshot for all peers: they only read it
+            self._post_all(tensor.detach().clone(), peers, "exchange")
         self._wait_for(f"exchange(peers={peers})", peers, "exchange")
         # Delivered on this worker's device (its peer may sit on another GPU); a receive into
         # a tensor lands wherever that tensor is.
-        return {p: self._take(p, "exchange").to(self.device or tensor.device) for p in peers}
+        home = self.device or tensor.device
+        return {p: self._take(p, "exchange").to(home) for p in peers}
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._post(tensor, dst, ("p2p", tag))

@@ -8,12 +8,15 @@ would diverge again: in a Hydra multirun it leaves ``summary.diverged.json`` (it
 far, its config, the message; :func:`distlib.sweep.record_divergence`), which
 ``distlib-compare`` counts per group and leaves out of the means.
 
-(The hand-written grid runner that lived here, and scripts/results_grid.py, gave way to
-Hydra's launchers and sweepers: configs/sweep/.)
+:func:`run_cells` runs a grid whose cells are not a product of options (scripts/faults_grid.py,
+scripts/lm_grid.py): one Hydra multirun per cell, over the seeds. The tables of results.md that
+are products are sweep configs (configs/sweep/).
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +47,26 @@ def run_state(run_dir: Path) -> str:
     history, want = summary.get("history") or [], expected_steps(summary)
     done = want is not None and bool(history) and history[-1].get("step") == want
     return "complete" if done else "partial"
+
+
+def run_cells(cells: list[tuple[Path, list[str]]], seeds: int, shard: tuple[int, int] = (0, 1),
+              dry_run: bool = False) -> dict[str, int]:
+    """Run what is missing of a grid: per cell (its folder, its overrides), one Hydra multirun
+    over ``seed=range(seeds)`` into FOLDER/seedK, with ``resume=auto`` (a finished seed is
+    skipped, an interrupted one resumes). A cell whose seeds are all made is not started.
+    ``shard`` (i, n): only the cells whose index is i mod n, so that n processes share the grid.
+    Returns the seeds' states before running (``dry_run``: run nothing)."""
+    counts: dict[str, int] = {}
+    for k, (folder, overrides) in enumerate(cells, 1):
+        if (k - 1) % shard[1] != shard[0]:
+            continue
+        states = [run_state(folder / f"seed{s}") for s in range(seeds)]
+        for st in states:
+            counts[st] = counts.get(st, 0) + 1
+        todo = sum(st in ("missing", "partial") for st in states)
+        print(f"[{k}] {'/'.join(folder.parts[-2:])}: {f'running {todo} seed(s)' if todo else 'done'}", flush=True)
+        if todo and not dry_run:
+            subprocess.run([sys.executable, "-m", "distlib", "-m", *overrides, f"seed=range({seeds})", "resume=auto",
+                            f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=seed${seed}"],
+                           check=True, stdout=subprocess.DEVNULL)
+    return counts
