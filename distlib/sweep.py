@@ -142,7 +142,11 @@ def _label(cfg: dict[str, Any]) -> str:
     a = cfg.get("algorithm") or {}
     parts = [str(a.get("name"))] + [f"{k}={a[k]}" for k in ("base", "budget", "weights") if k in a]
     d = cfg.get("dataset") or {}
-    parts += [f"topology={(cfg.get('topology') or {}).get('name')}", f"model={(cfg.get('model') or {}).get('name')}",
+    t = cfg.get("topology") or {}
+    topology = str(t.get("name"))
+    if t.get("graphs"):     # a schedule: its graphs name it (two schedules are two cells)
+        topology += "(" + ",".join(g if isinstance(g, str) else f"{g.get('name')}-relabelled" for g in t["graphs"]) + ")"
+    parts += [f"topology={topology}", f"model={(cfg.get('model') or {}).get('name')}",
               f"dataset={d.get('name')}", f"partition={d.get('partition')}"]
     if d.get("partition") == "dirichlet":
         parts.append(f"alpha={d.get('alpha')}")
@@ -203,34 +207,3 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
     if not OmegaConf.has_resolver("tuned_lr"):
         OmegaConf.register_new_resolver("tuned_lr", tuned_lr)
-
-
-def runs_at_best(tune_dir: Path) -> list[Path]:
-    """The tuning runs (their folders) at their cell's chosen rate, from ``tune_dir/best.json``:
-    with the ``+tune=best`` runs, the seeds a table reports."""
-    best = {c["key"]: c["lr"] for c in json.loads((tune_dir / BEST_NAME).read_text())["cells"]}
-    from distlib.compare.runs import DIVERGED_NAME
-    out = []
-    for name in ("summary.json", DIVERGED_NAME):
-        for path in sorted(tune_dir.rglob(name)):
-            cfg = json.loads(path.read_text())["config"]
-            if best.get(cell_key(cfg)) == float(cfg["optim"]["lr"]):
-                out.append(path.parent)
-    return sorted(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m distlib.sweep TUNE_DIR``: print the folders of ``runs_at_best``."""
-    import sys
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m distlib.sweep TUNE_DIR  (the folders of the runs at each cell's chosen lr)",
-              file=sys.stderr)
-        return 2
-    for path in runs_at_best(Path(args[0])):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -165,6 +165,18 @@ def test_the_choice_reads_validation_accuracy_only_and_counts_a_diverged_seed_as
     assert choose(scrambled) == choose(runs)
 
 
+def test_two_schedules_are_two_cells_with_two_labels() -> None:
+    from distlib.sweep import choose
+    runs = []
+    for graphs, val in ((["g385_b", "g385_a"], 0.8), (["g538_b", "g538_a"], 0.9)):
+        for s in _summary("a", 0.1, 0, val, 0.5), _summary("a", 0.1, 1, val, 0.5):
+            s["config"]["topology"] = {"name": "schedule", "graphs": graphs}
+            runs.append(s)
+    cells = choose(runs)
+    assert len(cells) == 2 and len({c["label"] for c in cells}) == 2
+    assert sorted(c["val_accuracy"] for c in cells if "g385_b" in c["label"]) == [pytest.approx(0.8)]
+
+
 def test_tuning_without_a_validation_split_stops_with_one_line() -> None:
     from distlib.errors import ConfigError
     from distlib.sweep import choose
