@@ -98,6 +98,11 @@ def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
             if not any(k == d or k.startswith(d + ".") for d in NOT_CELL)}
 
 
+def _plain(flat: dict[str, Any]) -> dict[str, Any]:
+    """As stored in best.json (JSON values), so that a stored cell and a new one compare."""
+    return json.loads(json.dumps(flat, default=str))
+
+
 def cell_key(config: dict[str, Any]) -> str:
     """A run's cell: a hash of its resolved config without the seed, the learning rate and the
     recording switches. The tuning runs and the final runs of one method share it."""
@@ -126,7 +131,8 @@ def choose(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc = objective(s)
         if acc is None:
             raise ConfigError("dataset.val_fraction: tuning needs a validation split; set dataset.val_fraction > 0")
-        cell = cells.setdefault(cell_key(cfg), {"key": cell_key(cfg), "label": _label(cfg), "per_lr": {}})
+        cell = cells.setdefault(cell_key(cfg), {"key": cell_key(cfg), "label": _label(cfg), "per_lr": {},
+                                                "config": _plain(_cell_config(cfg))})
         cell["per_lr"].setdefault(float(cfg["optim"]["lr"]), {})[int(cfg["seed"])] = float(acc)
     out = []
     for cell in cells.values():
@@ -134,7 +140,8 @@ def choose(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best = max(means, key=lambda lr: (means[lr], -lr))
         out.append({"key": cell["key"], "label": cell["label"], "lr": best, "val_accuracy": means[best],
                     "seeds": sorted(cell["per_lr"][best]),
-                    "per_lr": {str(lr): {"mean": m, "seeds": cell["per_lr"][lr]} for lr, m in means.items()}})
+                    "per_lr": {str(lr): {"mean": m, "seeds": cell["per_lr"][lr]} for lr, m in means.items()},
+                    "config": cell["config"]})
     return sorted(out, key=lambda c: c["label"])
 
 
@@ -196,11 +203,37 @@ def tuned_lr(tune_dir: str, *, _root_: Any) -> float:
     raw = OmegaConf.to_container(_root_, resolve=False)
     raw["optim"].pop("lr", None)      # this very interpolation
     raw.pop("hydra", None)            # (when Hydra's own config asks, e.g. for the run's folder name)
-    key = cell_key(OmegaConf.to_container(OmegaConf.create(raw), resolve=True))
+    config = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    return float(find_cell(cells, config, path)["lr"])
+
+
+def find_cell(cells: list[dict[str, Any]], config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The tuned cell of a run: the one with the same cell key or, after the library gained
+    config keys since the tuning ran (best.json keeps each cell's config), the one cell that
+    agrees on every key both have. Anything else is a one-line error naming the keys."""
+    key = cell_key(config)
     for c in cells:
         if c["key"] == key:
-            return float(c["lr"])
-    raise ConfigError(f"optim.lr: {path} has no cell for this run (tuned: {'; '.join(c['label'] for c in cells)})")
+            return c
+    mine = _plain(_cell_config(config))
+
+    def differs(c: dict[str, Any]) -> list[str]:
+        theirs = c.get("config") or {}
+        return [k for k in sorted(set(mine) & set(theirs)) if mine[k] != theirs[k]]
+    agree = [c for c in cells if c.get("config") and not differs(c)]
+    if len(agree) == 1:
+        new = sorted(set(mine) ^ set(agree[0]["config"]))
+        console.info(f"tuned lr of {agree[0]['label']} (its config agrees on every key both have; "
+                     f"{len(new)} key(s) only one of them has, e.g. {', '.join(new[:3])})")
+        return agree[0]
+    if len(agree) > 1:
+        raise ConfigError(f"optim.lr: {path} has {len(agree)} cells that could be this run's (its config "
+                          f"keys changed since the tuning): {'; '.join(c['label'] for c in agree)}")
+    near = min((c for c in cells if c.get("config")), key=lambda c: len(differs(c)), default=None)
+    hint = "" if near is None else ("; the nearest, " + near["label"] + ", differs in " + ", ".join(
+        f"{k} ({near['config'][k]!r} there, {mine[k]!r} here)" for k in differs(near)[:3]))
+    raise ConfigError(f"optim.lr: {path} has no cell for this run{hint} "
+                      f"(tuned: {'; '.join(c['label'] for c in cells)})")
 
 
 def register_resolvers() -> None:

@@ -206,3 +206,21 @@ def test_joblib_jobs_share_the_cores_and_other_launchers_leave_threads_alone() -
         assert fit_threads({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_tuning_made_before_the_library_gained_config_keys_is_still_found(tmp_path: Path) -> None:
+    """best.json keeps each cell's config: a run whose config has a key the tuned runs did not
+    (a library upgrade) still finds its cell; one that differs on a shared key does not."""
+    from distlib.errors import ConfigError
+    from distlib.sweep import choose, find_cell
+
+    def summary(name: str, momentum: float, lr: float, seed: int, acc: float) -> dict:
+        return {"config": {"algorithm": {"name": name}, "optim": {"lr": lr, "momentum": momentum}, "seed": seed},
+                "final": {"val_accuracy": acc}}
+    cells = json.loads(json.dumps(choose([summary("a", 0.9, 0.1, 0, 0.5), summary("a", 0.9, 0.4, 0, 0.7),
+                                          summary("b", 0.9, 0.1, 0, 0.8), summary("b", 0.9, 0.4, 0, 0.6)])))
+    upgraded = {"algorithm": {"name": "a"}, "optim": {"momentum": 0.9, "schedule": "step"}, "seed": 5}
+    assert find_cell(cells, upgraded, tmp_path)["lr"] == 0.4
+    assert find_cell(cells, {**upgraded, "algorithm": {"name": "b"}}, tmp_path)["lr"] == 0.1
+    with pytest.raises(ConfigError, match=r"no cell for this run; the nearest, a .* differs in optim.momentum"):
+        find_cell(cells, {**upgraded, "optim": {"momentum": 0.0, "schedule": "step"}}, tmp_path)
