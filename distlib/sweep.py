@@ -98,6 +98,11 @@ def _cell_config(config: dict[str, Any]) -> dict[str, Any]:
             if not any(k == d or k.startswith(d + ".") for d in NOT_CELL)}
 
 
+def _plain(flat: dict[str, Any]) -> dict[str, Any]:
+    """As stored in best.json (JSON values), so that a stored cell and a new one compare."""
+    return json.loads(json.dumps(flat, default=str))
+
+
 def cell_key(config: dict[str, Any]) -> str:
     """A run's cell: a hash of its resolved config without the seed, the learning rate and the
     recording switches. The tuning runs and the final runs of one method share it."""
@@ -126,7 +131,8 @@ def choose(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc = objective(s)
         if acc is None:
             raise ConfigError("dataset.val_fraction: tuning needs a validation split; set dataset.val_fraction > 0")
-        cell = cells.setdefault(cell_key(cfg), {"key": cell_key(cfg), "label": _label(cfg), "per_lr": {}})
+        cell = cells.setdefault(cell_key(cfg), {"key": cell_key(cfg), "label": _label(cfg), "per_lr": {},
+                                                "config": _plain(_cell_config(cfg))})
         cell["per_lr"].setdefault(float(cfg["optim"]["lr"]), {})[int(cfg["seed"])] = float(acc)
     out = []
     for cell in cells.values():
@@ -134,7 +140,8 @@ def choose(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best = max(means, key=lambda lr: (means[lr], -lr))
         out.append({"key": cell["key"], "label": cell["label"], "lr": best, "val_accuracy": means[best],
                     "seeds": sorted(cell["per_lr"][best]),
-                    "per_lr": {str(lr): {"mean": m, "seeds": cell["per_lr"][lr]} for lr, m in means.items()}})
+                    "per_lr": {str(lr): {"mean": m, "seeds": cell["per_lr"][lr]} for lr, m in means.items()},
+                    "config": cell["config"]})
     return sorted(out, key=lambda c: c["label"])
 
 
@@ -142,7 +149,11 @@ def _label(cfg: dict[str, Any]) -> str:
     a = cfg.get("algorithm") or {}
     parts = [str(a.get("name"))] + [f"{k}={a[k]}" for k in ("base", "budget", "weights") if k in a]
     d = cfg.get("dataset") or {}
-    parts += [f"topology={(cfg.get('topology') or {}).get('name')}", f"model={(cfg.get('model') or {}).get('name')}",
+    t = cfg.get("topology") or {}
+    topology = str(t.get("name"))
+    if t.get("graphs"):     # a schedule: its graphs name it (two schedules are two cells)
+        topology += "(" + ",".join(g if isinstance(g, str) else f"{g.get('name')}-relabelled" for g in t["graphs"]) + ")"
+    parts += [f"topology={topology}", f"model={(cfg.get('model') or {}).get('name')}",
               f"dataset={d.get('name')}", f"partition={d.get('partition')}"]
     if d.get("partition") == "dirichlet":
         parts.append(f"alpha={d.get('alpha')}")
@@ -192,45 +203,40 @@ def tuned_lr(tune_dir: str, *, _root_: Any) -> float:
     raw = OmegaConf.to_container(_root_, resolve=False)
     raw["optim"].pop("lr", None)      # this very interpolation
     raw.pop("hydra", None)            # (when Hydra's own config asks, e.g. for the run's folder name)
-    key = cell_key(OmegaConf.to_container(OmegaConf.create(raw), resolve=True))
+    config = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    return float(find_cell(cells, config, path)["lr"])
+
+
+def find_cell(cells: list[dict[str, Any]], config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The tuned cell of a run: the one with the same cell key or, after the library gained
+    config keys since the tuning ran (best.json keeps each cell's config), the one cell that
+    agrees on every key both have. Anything else is a one-line error naming the keys."""
+    key = cell_key(config)
     for c in cells:
         if c["key"] == key:
-            return float(c["lr"])
-    raise ConfigError(f"optim.lr: {path} has no cell for this run (tuned: {'; '.join(c['label'] for c in cells)})")
+            return c
+    mine = _plain(_cell_config(config))
+
+    def differs(c: dict[str, Any]) -> list[str]:
+        theirs = c.get("config") or {}
+        return [k for k in sorted(set(mine) & set(theirs)) if mine[k] != theirs[k]]
+    agree = [c for c in cells if c.get("config") and not differs(c)]
+    if len(agree) == 1:
+        new = sorted(set(mine) ^ set(agree[0]["config"]))
+        console.info(f"tuned lr of {agree[0]['label']} (its config agrees on every key both have; "
+                     f"{len(new)} key(s) only one of them has, e.g. {', '.join(new[:3])})")
+        return agree[0]
+    if len(agree) > 1:
+        raise ConfigError(f"optim.lr: {path} has {len(agree)} cells that could be this run's (its config "
+                          f"keys changed since the tuning): {'; '.join(c['label'] for c in agree)}")
+    near = min((c for c in cells if c.get("config")), key=lambda c: len(differs(c)), default=None)
+    hint = "" if near is None else ("; the nearest, " + near["label"] + ", differs in " + ", ".join(
+        f"{k} ({near['config'][k]!r} there, {mine[k]!r} here)" for k in differs(near)[:3]))
+    raise ConfigError(f"optim.lr: {path} has no cell for this run{hint} "
+                      f"(tuned: {'; '.join(c['label'] for c in cells)})")
 
 
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
     if not OmegaConf.has_resolver("tuned_lr"):
         OmegaConf.register_new_resolver("tuned_lr", tuned_lr)
-
-
-def runs_at_best(tune_dir: Path) -> list[Path]:
-    """The tuning runs (their folders) at their cell's chosen rate, from ``tune_dir/best.json``:
-    with the ``+tune=best`` runs, the seeds a table reports."""
-    best = {c["key"]: c["lr"] for c in json.loads((tune_dir / BEST_NAME).read_text())["cells"]}
-    from distlib.compare.runs import DIVERGED_NAME
-    out = []
-    for name in ("summary.json", DIVERGED_NAME):
-        for path in sorted(tune_dir.rglob(name)):
-            cfg = json.loads(path.read_text())["config"]
-            if best.get(cell_key(cfg)) == float(cfg["optim"]["lr"]):
-                out.append(path.parent)
-    return sorted(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m distlib.sweep TUNE_DIR``: print the folders of ``runs_at_best``."""
-    import sys
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m distlib.sweep TUNE_DIR  (the folders of the runs at each cell's chosen lr)",
-              file=sys.stderr)
-        return 2
-    for path in runs_at_best(Path(args[0])):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -165,6 +165,18 @@ def test_the_choice_reads_validation_accuracy_only_and_counts_a_diverged_seed_as
     assert choose(scrambled) == choose(runs)
 
 
+def test_two_schedules_are_two_cells_with_two_labels() -> None:
+    from distlib.sweep import choose
+    runs = []
+    for graphs, val in ((["g385_b", "g385_a"], 0.8), (["g538_b", "g538_a"], 0.9)):
+        for s in _summary("a", 0.1, 0, val, 0.5), _summary("a", 0.1, 1, val, 0.5):
+            s["config"]["topology"] = {"name": "schedule", "graphs": graphs}
+            runs.append(s)
+    cells = choose(runs)
+    assert len(cells) == 2 and len({c["label"] for c in cells}) == 2
+    assert sorted(c["val_accuracy"] for c in cells if "g385_b" in c["label"]) == [pytest.approx(0.8)]
+
+
 def test_tuning_without_a_validation_split_stops_with_one_line() -> None:
     from distlib.errors import ConfigError
     from distlib.sweep import choose
@@ -194,3 +206,21 @@ def test_joblib_jobs_share_the_cores_and_other_launchers_leave_threads_alone() -
         assert fit_threads({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_tuning_made_before_the_library_gained_config_keys_is_still_found(tmp_path: Path) -> None:
+    """best.json keeps each cell's config: a run whose config has a key the tuned runs did not
+    (a library upgrade) still finds its cell; one that differs on a shared key does not."""
+    from distlib.errors import ConfigError
+    from distlib.sweep import choose, find_cell
+
+    def summary(name: str, momentum: float, lr: float, seed: int, acc: float) -> dict:
+        return {"config": {"algorithm": {"name": name}, "optim": {"lr": lr, "momentum": momentum}, "seed": seed},
+                "final": {"val_accuracy": acc}}
+    cells = json.loads(json.dumps(choose([summary("a", 0.9, 0.1, 0, 0.5), summary("a", 0.9, 0.4, 0, 0.7),
+                                          summary("b", 0.9, 0.1, 0, 0.8), summary("b", 0.9, 0.4, 0, 0.6)])))
+    upgraded = {"algorithm": {"name": "a"}, "optim": {"momentum": 0.9, "schedule": "step"}, "seed": 5}
+    assert find_cell(cells, upgraded, tmp_path)["lr"] == 0.4
+    assert find_cell(cells, {**upgraded, "algorithm": {"name": "b"}}, tmp_path)["lr"] == 0.1
+    with pytest.raises(ConfigError, match=r"no cell for this run; the nearest, a .* differs in optim.momentum"):
+        find_cell(cells, {**upgraded, "optim": {"momentum": 0.0, "schedule": "step"}}, tmp_path)

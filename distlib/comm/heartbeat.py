@@ -22,7 +22,8 @@ next beat, instead of learning of the failure only when that peer's process ends
 
 The store lives in rank 0 (no launcher) or in torchrun's agent. A rank that serves it must
 outlive every survivor's use of it: after an error it leaves the process group and then
-(:meth:`Heartbeat.linger`) waits, within ``backend.timeout_s``, until every survivor has
+(:meth:`Heartbeat.linger`) waits, within ``backend.timeout_s`` (but no less than 6 beats: a
+verdict takes up to 3), until every survivor has
 written ``done/<rank>`` (its verdict made; it needs the store no more). Should the
 store vanish anyway (its host is the rank that died), a store call fails: that is the verdict
 "rank 0 stopped", and torch's C++ warning for the failed call, which would come before the
@@ -156,11 +157,14 @@ class Heartbeat:
 
     def linger(self) -> None:
         """After an error, on the store's host, once it has left the process group: stay until
-        every survivor has made its verdict (``done/<rank>``), within 0.6 backend.timeout_s."""
+        every survivor has made its verdict (``done/<rank>``), within 0.6 backend.timeout_s (or
+        6 beats, if longer)."""
         if not self.hosts_store:
             return
         # from when this rank began to leave (its verdict), or now after another error
-        deadline = (self._since if self._claimed_by else time.monotonic()) + 0.6 * self.comm_timeout_s
+        # (at least 6 beats: a survivor's own verdict takes up to 3 once its call has failed)
+        deadline = (self._since if self._claimed_by else time.monotonic()) + max(0.6 * self.comm_timeout_s,
+                                                                                 6 * self.every_s)
         try:
             while time.monotonic() < deadline and not all(self._check(f"done/{r}") for r in range(self.world)
                                                           if r != self.rank and r not in self.lost):
@@ -228,14 +232,14 @@ class Heartbeat:
                 frozen, published = self._look(), self._verdict()
             except Exception:   # noqa: BLE001  the store is gone: its host (rank 0 or the launcher) died
                 if self.published is not None:
-                    lost, how = self.published[1], self._found_by(self.published[0])
+                    lost, how = self._others(self.published[1]), self._found_by(self.published[0])
                 else:
                     lost, how = [0], "stopped (died or froze: the rendezvous store it held is unreachable); the run failed"
                 store_up = False
             else:
                 self.published = published or self.published
                 if published is not None:
-                    lost, how = published[1], self._found_by(published[0])
+                    lost, how = self._others(published[1]), self._found_by(published[0])
                 else:
                     lost, how = frozen, f"stopped answering for over {self.timeout_s:g} s (frozen)"
                 store_up = True
@@ -257,6 +261,22 @@ class Heartbeat:
         return f"stopped (died or froze: rank {rank} found its heartbeat silent); the run failed"
 
     # -- after an error ---------------------------------------------------------------------------
+    def _still(self) -> list[int]:
+        """The other ranks whose counters do not move over three beats (not those that left).
+        Every live rank beats within one period, so the wait ends as soon as all have; only a
+        dead or frozen rank makes it last the three. (A wait shorter than a beat, which this
+        once was with a small backend.timeout_s, named live ranks.)"""
+        before, deadline = self._read(), time.monotonic() + 3 * self.every_s
+        waiting = [r for r in range(self.world) if r != self.rank]
+        while waiting and time.monotonic() < deadline:
+            time.sleep(self.every_s / 4)
+            now = self._read()
+            waiting = [r for r in waiting if now.get(r) == before.get(r) and not self._left(r)]
+        return waiting
+
+    def _others(self, ranks: list[int]) -> list[int]:
+        """A peer's verdict without this rank, which is alive whatever a peer concluded."""
+        return [r for r in ranks if r != self.rank] or ranks
     def silent(self) -> list[int]:
         """The ranks that stopped beating (dead), waiting ~3 beats to be sure; not those that
         left because of the error themselves. ``[0]`` if the store is gone (its host died)."""
@@ -271,15 +291,11 @@ class Heartbeat:
             self._set(f"left/{self.rank}")
             published = self._verdict()
             if published is not None:   # a peer has judged already: the same answer, 3 s sooner
-                self.lost = published[1]
+                self.lost = self._others(published[1])
             else:
-                before = self._read()
-                time.sleep(min(3 * self.every_s, self.comm_timeout_s / 5))
-                after = self._read()
-                self.lost = [r for r in range(self.world) if r != self.rank and before.get(r) == after.get(r)
-                             and not self._left(r)]
+                self.lost = self._still()
                 self._publish(self.lost)
             self._set(f"done/{self.rank}")
         except Exception:   # noqa: BLE001  the store is gone: its host died, unless a peer said otherwise
-            self.lost = self.published[1] if self.published is not None else [0]
+            self.lost = self._others(self.published[1]) if self.published is not None else [0]
         return self.lost
