@@ -191,7 +191,7 @@ def check_faults(cfg: Mapping[str, Any], n: int, total_steps: int, seed: int, *,
         raise ConfigError("faults.fraction: give faults.ranks or faults.fraction, not both")
     if asynchronous and not down_workers_only:
         raise ConfigError(f"faults: {algorithm} is asynchronous; faults are modelled for the synchronous "
-                          f"algorithms and async_ps only (see docs/faults.md)")
+                          f"algorithms, async_ps and ad_psgd only (see docs/faults.md)")
     if down_workers_only and (cfg.get("p_drop") or cfg.get("partition")):
         key = "p_drop" if cfg.get("p_drop") else "partition"
         raise ConfigError(f"faults.{key}: {algorithm} models down workers only (faults=crash or churn), not "

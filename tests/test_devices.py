@@ -59,8 +59,8 @@ class _Spy:
                 spy.seen.append(("recv", self_.rank, out.device))
             return out
 
-        def recv_any_(self_, tensor, srcs, tag=0, poll=False):
-            src = recv_any(self_, tensor, srcs, tag, poll)
+        def recv_any_(self_, tensor, srcs, tag=0, poll=False, until=None):
+            src = recv_any(self_, tensor, srcs, tag, poll, until)
             if tensor.dtype == torch.float32 and src is not None:
                 spy.seen.append(("recv_any", self_.rank, tensor.device))
             return src

@@ -300,7 +300,7 @@ def test_bad_fault_config_is_one_line(tmp_path, monkeypatch, capsys, overrides, 
 def test_bad_fault_config_stops_before_any_work(tmp_path):
     """The fast tier's share of the cases above: the Trainer refuses them with one line."""
     from distlib.trainer import Trainer
-    for overrides, expected in (BAD[4], BAD[9], BAD[10]):
+    for overrides, expected in (BAD[4],):
         with pytest.raises(ConfigError) as e:
             Trainer(make_cfg(*TINY, "workers=4", "max_steps=40", *overrides), tmp_path / "run")
         assert expected in str(e.value) and "\n" not in str(e.value)
