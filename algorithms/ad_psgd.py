@@ -37,7 +37,8 @@ checkpoints are on (docs/checkpoints.md).
 Faults (``faults=crash|churn``, simulated backend, fixed ``cluster.step_time_s``): the schedule
 is read in virtual time, fault step k being [k T, (k + 1) T) with T = step_time_s, which every
 worker can evaluate for any peer. Before each step (where a cut is taken) a worker down at its
-clock takes no step until it is live again at t_b; its x_i stays. A passive one answers each
+clock takes no step until it is live again at t_b; its x_i stays. A step that ends after its
+worker went down is lost (no averaging, no update: the crash took it). A passive one answers each
 request it takes while down "down" at once, without averaging (an uncounted answer standing in
 for the request lost; the active loses max(round trip, faults.detect_s) and keeps x_i), so
 nothing waits for it and no averaging is half done. An active one tells its partners it is away
@@ -99,6 +100,7 @@ class ADPSGD(AsyncStrategy):
         self.away: dict[int, float] = {}    # passive: active partners that are down -> their t_b
         self.owed: set[int] = set()         # active, down: partners whose "resume" it waits for
         self._blocking = False  # passive: serving at a cut or the end (an away partner is resumed at once)
+        self.lost = False       # faults: this step ended after its worker went down
 
     def setup(self, ctx: Context) -> None:
         g = ctx.graph()
@@ -120,6 +122,9 @@ class ADPSGD(AsyncStrategy):
 
     def after_backward(self, ctx: Context) -> None:
         # g_i is computed at the older x_i; average now, the optimizer then applies g_i
+        self.lost = self._down(ctx)
+        if self.lost:   # faults: down before this step's end: its g_i is lost, x_i stays, nothing sent
+            return
         self.seen[ctx.rank] += 1
         if self.active:
             live = [j for j in self.partners if self._live(j, ctx.comm.clock)]   # faults: the live ones
@@ -128,6 +133,10 @@ class ADPSGD(AsyncStrategy):
         else:
             self._serve(ctx, poll=True)
             self._resume_due(ctx)
+
+    def local_update(self, ctx: Context) -> None:
+        if not self.lost:
+            ctx.worker.optimizer_step()
 
     def checkpoint_cut(self, ctx: Context) -> tuple[int, bool] | None:
         assert isinstance(ctx, AsyncContext)

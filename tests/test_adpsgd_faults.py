@@ -24,6 +24,7 @@ from distlib.topology.topology import Topology
 from support import VectorWorker, comparable, run_workers
 
 T = 1e-3    # step_time_s: fault step k is [k T, (k + 1) T)
+DETECT_S = 0.01
 
 
 class _Witness(ADPSGD):
@@ -46,6 +47,12 @@ class _Witness(ADPSGD):
     def _clock(self) -> float:
         return self._clock_of.clock
 
+    def _average_with(self, ctx: Context, j: int) -> None:
+        before, t0, bounced = ctx.worker.flat_params().clone(), ctx.comm.clock, self.bounced
+        super()._average_with(ctx, j)
+        self.log.append(("ask", ctx.rank, t0, ctx.comm.clock, self.bounced > bounced, before,
+                         ctx.worker.flat_params().clone()))
+
     def _go_down(self, ctx: Context) -> None:
         before, t0 = ctx.worker.flat_params().clone(), ctx.comm.clock
         super()._go_down(ctx)
@@ -59,7 +66,7 @@ def _run(graph, faults: FaultSchedule, steps: int = 150, seed: int = 0):
         comm.speed = float(speed)
     out = run_workers(world, Topology(graph), lambda r: _Witness(log),
                       lambda r: VectorWorker(torch.full((2,), float(r), dtype=torch.float64), 0.0), steps,
-                      seed=seed, step_time=T, faults=faults, detect_s=0.01,
+                      seed=seed, step_time=T, faults=faults, detect_s=DETECT_S,
                       before=lambda ctx: starts.append((ctx.rank, ctx.comm.clock)))
     return out, log, starts
 
@@ -90,6 +97,12 @@ def test_down_workers_neither_step_nor_average_and_no_mass_is_lost(graph, spec) 
         assert not _live(faults, r, t0)
         # no step starts inside the down stretch [t0, t1)
         assert not any(q == r and t0 <= t < t1 for q, t in starts)
+    # a request that found its partner down: x_i kept, and the active lost at least detect_s
+    asks = [e for e in log if e[0] == "ask"]
+    assert all(_live(faults, e[1], e[2]) for e in asks)
+    for _, r, t0, t1, bounced, before, after in asks:
+        if bounced:
+            assert torch.equal(before, after) and t1 - t0 >= DETECT_S - 1e-12
     averagings = [s.averagings for s, _, _ in out]
     assert sum(averagings) % 2 == 0 and sum(averagings) > 0     # each averaging counted once per side
     if spec["name"] == "crash" and spec.get("down_steps") is None:
@@ -149,3 +162,11 @@ def test_resume_mid_churn_equals_the_uninterrupted_run_and_down_workers_save(tmp
     assert ckpt.complete_steps(tmp_path / "split" / "checkpoints")
     _, resumed = run_training(make_cfg(*CHURN, "resume=true"), tmp_path / "split")
     assert comparable(resumed) == comparable(whole)
+
+
+def test_requests_that_find_their_partner_down_are_answered_without_averaging() -> None:
+    """Churn fast enough that partners go down while a request is on its way or queued."""
+    faults = FaultSchedule(8, 3, name="churn", p_leave=0.2, mean_down_steps=20)
+    out, log, _ = _run(ring(8), faults)
+    assert sum(s.bounced for s, _, _ in out) > 0
+    assert sum(e[4] for e in log if e[0] == "ask") == sum(s.bounced for s, _, _ in out)
