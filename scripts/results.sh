@@ -30,8 +30,8 @@ sweeps() {
 tune() { local t; for t in lr best; do "${TRAIN[@]}" "$@" +tune=$t; done; }
 
 # The tuned tables as they ran for docs/results.md, in this order: the MLP cells at 3 epochs
-# instead of 6 (CPU time), the CNN's static graph at the paper regime's 6 epochs, the MLP's
-# sparse graphs; then MNIST-1D. (AllReduce-SGD ignores the graph: tuned on the static one only.)
+# instead of 6 (CPU time), the CNN's static graph, dynamic graph and MATCHA budgets at the paper
+# regime's 6 epochs, the MLP's sparse graphs; then MNIST-1D. (AllReduce-SGD ignores the graph: tuned on the static one only.)
 tuned() {
   local e=epochs=3
   tune +sweep=paper_graphs topology=aldsgd_er8_dynamic algorithm=dpsgd_laplacian,al_dsgd,dpsgd $e
@@ -43,6 +43,8 @@ tuned() {
   # (the run stops with a one-line error): seed 7 takes its place
   "${TRAIN[@]}" +sweep=extension +tune=best $e dataset.alpha=0.1 seed=2,3,4,6,7
   tune +sweep=paper_graphs model=cnn topology=matcha_er8
+  tune +sweep=paper_graphs model=cnn topology=aldsgd_er8_dynamic algorithm=dpsgd_laplacian,al_dsgd,dpsgd
+  tune +sweep=paper_budget model=cnn
   tune +sweep=paper_sparsity $e
   tune +sweep=sparse_matcha $e
   "${TRAIN[@]}" +sweep=mnist1d +tune=lr
@@ -82,6 +84,8 @@ reports() {
   tuned_report tuned/mlp_budget paper_budget mlp
   tuned_report tuned/mlp_extension extension mlp
   tuned_report tuned/cnn_paper_static paper_graphs cnn --where topology.name=matcha_er8
+  tuned_report tuned/cnn_paper_dynamic paper_graphs cnn --where topology.name=schedule
+  tuned_report tuned/cnn_budget paper_budget cnn
   tuned_report tuned/mlp_sparsity paper_sparsity mlp
   tuned_report tuned/mlp_sparse_matcha sparse_matcha mlp
   tuned_report tuned/mnist1d mnist1d cnn1d --target 0.5 --target 0.7
