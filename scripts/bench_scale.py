@@ -229,13 +229,35 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
                 "final_train_loss": sum(losses) / n}
 
-    def floor_round() -> dict[str, float]:
+    def floor_round(mix: bool = False) -> dict[str, float]:
+        """n distinct models stepped round-robin (forward, backward, SGD step): the floor.
+        ``mix``: plus D-PSGD's gossip arithmetic done the simulator's way: after its SGD step
+        each model's flat parameters are snapshotted (the message), and once all have stepped
+        each x_i <- W_ii x_i + sum_j W_ij x_j is mixed in place from the snapshots
+        (distlib.averaging.mix_into, the same calls). What D-PSGD must compute; no Python
+        runtime, hooks, data pipeline or logging."""
         from torch import nn
 
+        from distlib.averaging import mix_into
         from distlib.models import MODELS
+        from distlib.topology import build_topology
+        from distlib.topology.mixing import mixing_matrix
         torch.manual_seed(0)
         first = MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28), num_classes=10)
         models = [first] + [copy.deepcopy(first) for _ in range(n - 1)]     # n distinct parameter sets
+        flats, rows = [], []
+        if mix:
+            for m in models:        # x_i: one flat tensor per model, its parameters views into it
+                qs = list(m.parameters())
+                flat = torch.cat([q.data.reshape(-1) for q in qs])
+                off = 0
+                for q in qs:
+                    q.data = flat[off:off + q.numel()].view_as(q)
+                    off += q.numel()
+                flats.append(flat)
+            w = mixing_matrix(build_topology(cfg.topology, n).graph_at(0))
+            rows = [(float(w[i, i]), {int(j): float(w[i, j]) for j in np.flatnonzero(w[i]) if j != i})
+                    for i in range(n)]
         opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
         data = tiled.train
         batches = [(data.x[i * PER_WORKER:i * PER_WORKER + BATCH], data.y[i * PER_WORKER:i * PER_WORKER + BATCH])
@@ -247,53 +269,10 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
                 opt.zero_grad()
                 nn.functional.cross_entropy(m(xb), yb).backward()
                 opt.step()
-        t1 = _now()
-        with torch.no_grad():
-            loss = sum(float(nn.functional.cross_entropy(m(xb), yb)) for m, (xb, yb) in zip(models, batches)) / n
-        return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
-                "final_train_loss": loss}
-
-    def floor_mix_round() -> dict[str, float]:
-        """The floor plus D-PSGD's gossip arithmetic done the simulator's way: after its SGD
-        step each model's flat parameters are snapshotted (the message), and once all have
-        stepped each x_i <- W_ii x_i + sum_j W_ij x_j is mixed in place from the snapshots
-        (distlib.averaging.mix_into, the same calls). What D-PSGD must compute; no Python
-        runtime, hooks, data pipeline or logging."""
-        from torch import nn
-
-        from distlib.averaging import mix_into
-        from distlib.models import MODELS
-        from distlib.topology import build_topology
-        from distlib.topology.mixing import mixing_matrix
-        torch.manual_seed(0)
-        first = MODELS.build("mlp", {"hidden": [200]}, input_shape=(1, 28, 28), num_classes=10)
-        models = [first] + [copy.deepcopy(first) for _ in range(n - 1)]
-        flats = []
-        for m in models:        # x_i: one flat tensor per model, its parameters views into it
-            qs = list(m.parameters())
-            flat = torch.cat([q.data.reshape(-1) for q in qs])
-            off = 0
-            for q in qs:
-                q.data = flat[off:off + q.numel()].view_as(q)
-                off += q.numel()
-            flats.append(flat)
-        w = mixing_matrix(build_topology(cfg.topology, n).graph_at(0))
-        rows = [(float(w[i, i]), {int(j): float(w[i, j]) for j in np.flatnonzero(w[i]) if j != i}) for i in range(n)]
-        opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
-        data = tiled.train
-        batches = [(data.x[i * PER_WORKER:i * PER_WORKER + BATCH], data.y[i * PER_WORKER:i * PER_WORKER + BATCH])
-                   for i in range(n)]
-        for step in range(total):
-            if step == warmup:
-                t0 = _now()
-            snaps = []
-            for m, opt, (xb, yb), flat in zip(models, opts, batches, flats):
-                opt.zero_grad()
-                nn.functional.cross_entropy(m(xb), yb).backward()
-                opt.step()
-                snaps.append(flat.clone())
-            for i, (w_ii, peers) in enumerate(rows):
-                mix_into(flats[i], {j: snaps[j] for j in peers}, w_ii, peers)
+            if mix:
+                snaps = [flat.clone() for flat in flats]
+                for i, (w_ii, peers) in enumerate(rows):
+                    mix_into(flats[i], {j: snaps[j] for j in peers}, w_ii, peers)
         t1 = _now()
         with torch.no_grad():
             loss = sum(float(nn.functional.cross_entropy(m(xb), yb)) for m, (xb, yb) in zip(models, batches)) / n
@@ -305,7 +284,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         sims.append(sim_round())
         hands.append(hand_round())
         floors.append(floor_round())
-        floor_mixes.append(floor_mix_round())
+        floor_mixes.append(floor_round(mix=True))
     res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
     for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
         sim = max(r["samples_per_s"][clock] for r in sims)
