@@ -106,6 +106,26 @@ def run_workers(world: SimWorld, topology: Topology, make_strategy: Callable[[in
     return world.run(body)
 
 
+class Crash(Exception):
+    """What :func:`crash_after` raises: a run that dies mid-step."""
+
+
+def crash_after(monkeypatch: Any, calls: int, rank: int = 1) -> None:
+    """Make worker ``rank``'s ``calls``-th forward pass raise :class:`Crash`: the run dies
+    mid-epoch (its checkpoints are what a resume finds)."""
+    from distlib.worker import Worker
+    seen = {"n": 0}
+    original = Worker.forward_backward
+
+    def forward_backward(self: Any) -> Any:
+        if self.rank == rank:
+            seen["n"] += 1
+            if seen["n"] == calls:
+                raise Crash(f"injected crash at step {calls - 1}")
+        return original(self)
+    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for a torch.distributed rendezvous)."""
     with socket.socket() as s:

@@ -21,7 +21,7 @@ from distlib.strategy import Context
 from distlib.topology.graphs import ring, torus
 from distlib.topology.random_graphs import erdos_renyi
 from distlib.topology.topology import Topology
-from support import VectorWorker, comparable, run_workers
+from support import Crash, VectorWorker, comparable, crash_after, run_workers
 
 T = 1e-3    # step_time_s: fault step k is [k T, (k + 1) T)
 DETECT_S = 0.01
@@ -144,18 +144,7 @@ def test_resume_mid_churn_equals_the_uninterrupted_run_and_down_workers_save(tmp
         shard = ckpt.load_file(next(ckpt.step_dir(tmp_path / "whole" / "checkpoints", step).glob("shard_*")))
         assert sorted(shard["ranks"]) == [0, 1, 2, 3]
 
-    class Crash(Exception):
-        pass
-    from distlib.worker import Worker
-    calls, original = {"n": 0}, Worker.forward_backward
-
-    def forward_backward(self):
-        if self.rank == 1:
-            calls["n"] += 1
-            if calls["n"] == 12:
-                raise Crash()
-        return original(self)
-    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+    crash_after(monkeypatch, 12)
     with pytest.raises(Crash):
         run_training(make_cfg(*CHURN), tmp_path / "split")
     monkeypatch.undo()

@@ -21,10 +21,9 @@ from scipy.optimize import minimize
 from distlib.algorithms.ad_psgd import ADPSGD, bipartite_split
 from distlib.algorithms.async_ps import PUSH, TAG_PUSH
 from conftest import TINY, make_cfg, run_training
-from support import VectorWorker, comparable, free_port, run_workers
+from support import Crash, VectorWorker, comparable, crash_after, free_port, run_workers
 from distlib import checkpoint as ckpt
 from distlib.comm.sim import SimCommunicator, SimWorld
-from distlib.lr import LRSchedule
 from distlib.strategy import Context
 from distlib.topology.graphs import ring, torus
 from distlib.topology.random_graphs import erdos_renyi
@@ -399,18 +398,7 @@ def test_async_ps_same_faults_same_history_and_resume_mid_churn(tmp_path, monkey
     _, again = run_training(make_cfg(*overrides), tmp_path / "again")
     assert comparable(whole) == comparable(again) and min(h["live_workers"] for h in whole["history"]) < 3
 
-    class Crash(Exception):
-        pass
-    from distlib.worker import Worker
-    calls, original = {"n": 0}, Worker.forward_backward
-
-    def forward_backward(self):
-        if self.rank == 0:
-            calls["n"] += 1
-            if calls["n"] == 14:
-                raise Crash()
-        return original(self)
-    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+    crash_after(monkeypatch, 14, rank=0)
     with pytest.raises(Crash):
         run_training(make_cfg(*overrides), tmp_path / "split")
     monkeypatch.undo()

@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
-from support import comparable
+from support import Crash, comparable, crash_after
 
 from distlib import checkpoint as ckpt
 from distlib.errors import CheckpointError, DivergenceError
-from distlib.worker import Worker
 
 
 # 4 workers, 5 steps per epoch; dropout (the per-worker RNG), momentum (optimizer state), a
@@ -67,24 +66,6 @@ def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
             for tag in acc.Tags()["scalars"] if tag != "time/wall_s"}
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after(monkeypatch, calls: int) -> None:
-    """Make worker 1's ``calls``-th forward pass raise: the run dies mid-epoch."""
-    seen = {"n": 0}
-    original = Worker.forward_backward
-
-    def forward_backward(self):
-        if self.rank == 1:
-            seen["n"] += 1
-            if seen["n"] == calls:
-                raise Crash(f"injected crash at step {calls - 1}")
-        return original(self)
-    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
 
 
 @pytest.mark.slow

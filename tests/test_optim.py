@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from conftest import TINY, make_cfg, run_training
-from support import cli_in_process, comparable
+from support import Crash, cli_in_process, comparable, crash_after
 from torch import nn
 
 from distlib import checkpoint as ckpt
@@ -20,7 +20,6 @@ from distlib.lr import LRSchedule
 from distlib.models import MODELS
 from distlib.optim import build_optimizer, param_groups
 from distlib.seeding import seed_for, seed_torch
-from distlib.worker import Worker
 
 ONE = (*TINY, "workers=1", "algorithm=allreduce_sgd", "topology=complete", "init=same")
 
@@ -116,10 +115,6 @@ def test_a_run_records_the_schedules_rates(tmp_path):
     assert [h["lr"] for h in summary["history"]] == pytest.approx(want)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("crash_at,resume_at", [(7, 4), (14, 12)], ids=["mid_warmup", "mid_cosine"])
 def test_resume_in_warmup_and_cosine_equals_uninterrupted_run(tmp_path, monkeypatch, crash_at, resume_at):
@@ -128,14 +123,7 @@ def test_resume_in_warmup_and_cosine_equals_uninterrupted_run(tmp_path, monkeypa
     run = (*TINY, "workers=2", "optim=adamw", "optim.schedule=cosine", "optim.warmup_steps=8",
            "optim.min_lr=0.0001", "max_steps=16", "eval_every=3", "checkpoint.every=4", "cluster.step_time_s=0.01")
     whole, whole_summary = run_training(make_cfg(*run), tmp_path / "whole")
-    calls, original = [0], Worker.forward_backward
-
-    def forward_backward(self):
-        calls[0] += self.rank == 1
-        if self.rank == 1 and calls[0] == crash_at:
-            raise Crash()
-        return original(self)
-    monkeypatch.setattr(Worker, "forward_backward", forward_backward)
+    crash_after(monkeypatch, crash_at)
     with pytest.raises(Crash):
         run_training(make_cfg(*run), tmp_path / "split")
     monkeypatch.undo()
