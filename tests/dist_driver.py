@@ -40,6 +40,17 @@ def comm_script(comm: Communicator) -> dict[str, torch.Tensor]:
     first = torch.stack([first[p] for p in sorted(first)])
     second = comm.exchange_borrowed(x * 5, [nxt, prv])
     out["exchange_borrowed"] = torch.stack([first, torch.stack([second[p] for p in sorted(second)])])
+    # The same tensor object and peers tuple call after call, as gossip passes them (the torch
+    # backend checks them once and reuses its buffers): in-place updates, new memory of another
+    # size under the same object, and other peers must all deliver the current values.
+    y, ring, rounds = x.clone(), (nxt, prv), []
+    for k in range(2):
+        y.mul_(2)
+        rounds.append(torch.cat([comm.exchange_borrowed(y, ring)[p] for p in ring]))
+    y.data = torch.arange(7, dtype=torch.float32) - r
+    rounds.append(torch.cat([comm.exchange_borrowed(y, ring)[p] for p in ring]))
+    rounds.append(comm.exchange_borrowed(y, (nxt,) if r % 2 == 0 else (prv,))[nxt if r % 2 == 0 else prv])
+    out["exchange_reused"] = torch.cat(rounds)
     # Blocking send/recv around the ring; even ranks send first, so no order can deadlock.
     buf = torch.empty(2)
     if r % 2 == 0:
