@@ -27,7 +27,7 @@ import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from distlib import schema
 from distlib.errors import ConfigError
@@ -126,12 +126,19 @@ def param_groups(model: "nn.Module", weight_decay: float, decay_bias_and_norm: b
             if g["params"]]
 
 
-def build_optimizer(o: Mapping[str, Any], model: "nn.Module") -> "torch.optim.Optimizer":
-    """This worker's optimizer over ``model``'s parameters (already on the worker's device)."""
+def optimizer_factory(o: Mapping[str, Any]) -> Callable[["nn.Module"], "torch.optim.Optimizer"]:
+    """``model -> its optimizer``, with the ``optim`` group resolved and instantiated once: a run
+    of 1024 workers paid ~3.5 s for doing both once per worker."""
     from hydra.utils import instantiate
     spec = resolve(o)
-    factory = instantiate({"_target_": spec.target, "_partial_": True, **spec.options})
-    return factory(param_groups(model, float(spec.options.get("weight_decay", 0.0)), spec.decay_bias_and_norm))
+    partial = instantiate({"_target_": spec.target, "_partial_": True, **spec.options})
+    decay = float(spec.options.get("weight_decay", 0.0))
+    return lambda model: partial(param_groups(model, decay, spec.decay_bias_and_norm))
+
+
+def build_optimizer(o: Mapping[str, Any], model: "nn.Module") -> "torch.optim.Optimizer":
+    """This worker's optimizer over ``model``'s parameters (already on the worker's device)."""
+    return optimizer_factory(o)(model)
 
 
 def _import_class(target: str) -> Any:

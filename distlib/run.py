@@ -14,6 +14,7 @@ import inspect
 import math
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from distlib.faults import FaultSchedule, build_schedule, check_faults, check_vi
 from distlib.interrupt import StopPoint
 from distlib.lm_metrics import Throughput, lm_fields
 from distlib.lr import LRSchedule
-from distlib.optim import build_optimizer
+from distlib.optim import optimizer_factory
 from distlib.metrics import RunLogger
 from distlib.models import MODELS
 from distlib.network import NetworkModel
@@ -138,6 +139,7 @@ class Run:
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
+        self._make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
         self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
         self.eval_ranks = _eval_sample(cfg)
         # a language model's throughput, measured on rank 0 (distlib/lm_metrics.py)
@@ -200,7 +202,9 @@ class Run:
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
-        worker = Worker(rank, model, lambda m: build_optimizer(cfg.optim, m), batches, self.task.loss,
+        if self._make_optimizer is None:   # resolved once per run, not per worker
+            self._make_optimizer = optimizer_factory(cfg.optim)
+        worker = Worker(rank, model, self._make_optimizer, batches, self.task.loss,
                         precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
                         accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"),
                         task=self.task)

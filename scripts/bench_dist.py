@@ -158,7 +158,7 @@ def exchange_round(numel: int, calls: int, warmup: int) -> dict[str, float]:
     calls it, a bare batch_isend_irecv, and the bare call again (the A/A twin)."""
     comm = DistCommunicator(timeout_s=300)
     r, n = comm.rank, comm.world_size
-    peers = sorted({(r - 1) % n, (r + 1) % n})
+    peers = tuple(sorted({(r - 1) % n, (r + 1) % n}))     # a tuple, as gossip passes MixPlan.peers
     x = torch.randn(numel)
     bufs = {p: torch.empty_like(x) for p in peers}
 

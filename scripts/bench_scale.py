@@ -7,6 +7,9 @@ leave 3-4 per batch at 1024 workers), labelled by a fixed random linear teacher,
 each run reaches is beside its speed.
 
 - sim:  distlib's Trainer on the simulated backend (greenlets, hooks, byte counters, clocks);
+- sim local: the same Trainer running local SGD whose period outlasts the run: every worker
+        steps, nothing is communicated. sim local / floor is what the simulator's runtime
+        costs beside n bare models doing the same work;
 - floor: n distinct models stepped round-robin: forward, backward, SGD step on a batch drawn
         once; no communication, no data pipeline, no logging. What n separate models cost on
         this CPU, the floor under any simulator of n workers (one model at batch n b is not it:
@@ -24,9 +27,10 @@ each run reaches is beside its speed.
 
 Per (graph, n), in a fresh process (so its peak RSS is its own):
 
-- steady-state samples/s of the four (n * 32 per step), from the end of the warm-up step on
+- steady-state samples/s of the five (n * 32 per step), from the end of the warm-up step on
   every worker to the end of the last step on every worker, the ratios sim / hand,
-  sim / floor and sim / floor+mix, and the mean train loss of the last step of each (the same data and schedule);
+  sim / floor, sim / floor+mix and sim local / floor, and the mean train loss of the last
+  step of each (the same data and schedule);
 - time per worker-step (1 / steps per second / n), and its ratio at n = 1024 against n = 64;
 - build + first evaluation: Trainer construction plus every worker's build, and the first
   evaluation (the averaged model on the test set, consensus distance, byte counters; the own
@@ -34,7 +38,11 @@ Per (graph, n), in a fresh process (so its peak RSS is its own):
   leaving it (all workers have finished training by then: a barrier ends the last step);
 - peak RSS of the process, minus the RSS before the Trainer was built, per worker.
 
-The sim, the hand loop, the floor and floor+mix run in interleaved rounds in the same process; the figure kept is
+Each child runs with glibc's malloc keeping freed memory (``KEEP_FREED_MEMORY``, the same for
+all five; ``--glibc-default`` to leave malloc as it is): re-faulting freed blocks otherwise
+made the speed of a configuration depend on its process's allocation history.
+
+The five run in interleaved rounds in the same process; the figure kept is
 each one's best round (other programs on a busy machine can only slow a round down). torch
 runs one thread by default (``--threads``): on a machine whose cores are shared, OpenMP teams
 wait for descheduled threads.
@@ -59,6 +67,12 @@ from typing import Any
 import numpy as np
 
 BATCH = 32
+#: glibc's malloc, told to keep freed blocks up to 256 MB in the heap instead of unmapping them:
+#: torch frees and re-allocates its CPU tensors every step (activations, gradients, snapshots),
+#: and by default a block of 128 KB or more can go back to the kernel and be faulted in again,
+#: zeroed, on its next use. Which blocks do depends on the process's history, so the same
+#: configuration ran at 15-27k samples/s in different processes; with these, at 29-32k.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 PER_WORKER = 64             # training samples per worker: two full batches
 EVAL_SAMPLE = 16            # eval.per_worker_sample
 
@@ -98,6 +112,7 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
     from hydra import compose, initialize_config_module
 
     from distlib.algorithms.dpsgd import DPSGD
+    from distlib.algorithms.local_sgd import LocalSGD
     from distlib.config import register_configs
     from distlib.data import DATASETS, Dataset
     from distlib.data.datasets import DataSplit
@@ -119,35 +134,41 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
 
     total = warmup + steps
 
-    @STRATEGIES.register("bench_scale_dpsgd")
-    class TimedDPSGD(DPSGD):
-        """D-PSGD exactly, plus a barrier (not counted: no bytes, no virtual time) after the
+    def timed(base: type) -> type:
+        """``base`` exactly, plus a barrier (not counted: no bytes, no virtual time) after the
         warm-up and after the last step, where the clock is read. Without them the window
         would be ill-defined: on a ring, worker 0 may run steps ahead of worker n/2."""
-
-        def after_step(self, ctx: Context) -> None:
-            super().after_step(ctx)
-            if ctx.step == total - 1:
-                last_losses.append(ctx.loss)
-            if ctx.step in (warmup - 1, total - 1):
-                with ctx.comm.uncounted():
-                    ctx.comm.barrier()
-                marks.setdefault(f"sync{ctx.step}", _now())     # the first to pass
+        class Timed(base):
+            def after_step(self, ctx: Context) -> None:
+                super().after_step(ctx)
+                if ctx.step == total - 1:
+                    last_losses.append(ctx.loss)
+                if ctx.step in (warmup - 1, total - 1):
+                    with ctx.comm.uncounted():
+                        ctx.comm.barrier()
+                    marks.setdefault(f"sync{ctx.step}", _now())     # the first to pass
+        return Timed
+    STRATEGIES.register("bench_scale_dpsgd")(timed(DPSGD))
+    STRATEGIES.register("bench_scale_local")(timed(LocalSGD))
 
     register_configs()
 
-    def config(workers: int, steps: int):
+    def config(workers: int, steps: int, local: bool = False):
+        """D-PSGD, or with ``local`` local SGD whose period outlasts the run: the same run
+        without any communication."""
+        algo = (["algorithm=local_sgd", "algorithm.name=bench_scale_local", f"algorithm.period={steps + 1}"]
+                if local else ["algorithm=dpsgd", "algorithm.name=bench_scale_dpsgd"])
         with initialize_config_module(config_module="distlib.configs", version_base="1.3"):
             return compose("train", overrides=[
-                "algorithm=dpsgd", "algorithm.name=bench_scale_dpsgd", f"workers={workers}", f"topology={graph}",
+                *algo, f"workers={workers}", f"topology={graph}",
                 "model=mlp", "dataset=mnist", "dataset.name=bench_digits", f"batch_size={BATCH}",
                 f"max_steps={steps}", f"eval_every={steps}", f"eval.per_worker_sample={min(EVAL_SAMPLE, workers)}",
                 "log.tensorboard=false", "log.progress=false", "checkpoint.enabled=false"])
-    cfg = config(n, total)
+    cfg, cfg_local = config(n, total), config(n, total, local=True)
     with tempfile.TemporaryDirectory() as run_dir:      # imports and first calls, before any timing
         Trainer(config(2, 1), run_dir).run()
 
-    def sim_round() -> dict[str, Any]:
+    def sim_round(cfg=cfg) -> dict[str, Any]:
         marks.clear()
         last_losses.clear()
         rss0 = _rss_mb()
@@ -279,31 +300,32 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         return {"samples_per_s": _pair(n * BATCH * steps / (t1[k] - t0[k]) for k in range(2)),
                 "final_train_loss": loss}
 
-    sims, hands, floors, floor_mixes = [], [], [], []
-    for _ in range(rounds):     # interleaved, so load on the machine hits all four alike
-        sims.append(sim_round())
-        hands.append(hand_round())
-        floors.append(floor_round())
-        floor_mixes.append(floor_round(mix=True))
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("sim", "sim_local", "hand", "floor", "floor_mix")}
+    for _ in range(rounds):     # interleaved, so load on the machine hits all five alike
+        runs["sim"].append(sim_round())
+        runs["sim_local"].append(sim_round(cfg_local))
+        runs["hand"].append(hand_round())
+        runs["floor"].append(floor_round())
+        runs["floor_mix"].append(floor_round(mix=True))
     res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
     for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
-        sim = max(r["samples_per_s"][clock] for r in sims)
-        hand = max(r["samples_per_s"][clock] for r in hands)
-        floor = max(r["samples_per_s"][clock] for r in floors)
-        floor_mix = max(r["samples_per_s"][clock] for r in floor_mixes)
-        res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": hand, "sim_vs_hand": sim / hand,
-                      "floor_samples_per_s": floor, "sim_vs_floor": sim / floor,
-                      "floor_mix_samples_per_s": floor_mix, "sim_vs_floor_mix": sim / floor_mix,
-                      "floor_mix_vs_floor": floor_mix / floor,
+        best = {k: max(r["samples_per_s"][clock] for r in rs) for k, rs in runs.items()}
+        sim = best["sim"]
+        res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": best["hand"], "sim_vs_hand": sim / best["hand"],
+                      "floor_samples_per_s": best["floor"], "sim_vs_floor": sim / best["floor"],
+                      "floor_mix_samples_per_s": best["floor_mix"], "sim_vs_floor_mix": sim / best["floor_mix"],
+                      "floor_mix_vs_floor": best["floor_mix"] / best["floor"],
+                      "sim_local_samples_per_s": best["sim_local"],
+                      "sim_local_vs_floor": best["sim_local"] / best["floor"],
                       "worker_step_ms": 1e3 * BATCH / sim,
-                      **{k: min(r[k][clock] for r in sims)
+                      **{k: min(r[k][clock] for r in runs["sim"])
                          for k in ("build_s", "first_eval_s", "ready_and_evaluated_s", "trainer_init_s")}}
+    sims = runs["sim"]
     peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
     res.update(peak_rss_mb=peak, rss_before_mb=sims[0]["rss_before_mb"],
                rss_per_worker_mb=(peak - sims[0]["rss_before_mb"]) / n,
-               all_rounds={"sim": sims, "hand": hands, "floor": floors, "floor_mix": floor_mixes}, load_avg=_load(),
-               final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in
-                                 (("sim", sims), ("hand", hands), ("floor", floors), ("floor_mix", floor_mixes))})
+               all_rounds=runs, load_avg=_load(),
+               final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in runs.items()})
     return res
 
 
@@ -318,6 +340,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default="bench_results/bench_scale.json")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc's malloc as it is (by default the children keep freed memory, see above)")
     ap.add_argument("--one", nargs=2, metavar=("N", "GRAPH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:    # a child: one configuration, JSON on stdout
@@ -330,31 +354,36 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if not args.glibc_default:
+        env.update(KEEP_FREED_MEMORY)
     t_all = time.perf_counter()
     results: dict[str, Any] = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "threads": args.threads,
                                "eval_per_worker_sample": EVAL_SAMPLE, "cpus": os.cpu_count(),
+                               "malloc_env": {k: env[k] for k in KEEP_FREED_MEMORY if k in env},
                                "load_avg_start": _load(), "runs": []}
-    head = (f"{'graph':12s} {'n':>5s} | {'sim/hand':>8s} {'sim/floor':>9s} {'sim/fl+mix':>10s} {'ms/wk-step':>10s} "
-            f"{'ready+eval s':>12s} | {'sim/hand':>8s} {'sim/floor':>9s} {'sim/fl+mix':>10s} {'ms/wk-step':>10s} "
-            f"{'ready+eval s':>12s} | {'MB/worker':>9s} | final train loss sim / hand / floor / floor+mix")
-    print(f"{'':18s} | {'CPU time of this process':^55s} | {'wall time':^55s} |")
+    one = (f"{'sim/hand':>8s} {'sim/floor':>9s} {'sim/fl+mix':>10s} {'local/floor':>11s} {'ms/wk-step':>10s} "
+           f"{'ready+eval s':>12s}")
+    head = (f"{'graph':12s} {'n':>5s} | {one} | {one} | {'MB/worker':>9s} | "
+            f"final train loss sim / sim local / hand / floor / floor+mix")
+    print(f"{'':18s} | {'CPU time of this process':^67s} | {'wall time':^67s} |")
     print(head, flush=True)
     for graph in args.graphs:
         for n in args.workers:
             cmd = [sys.executable, __file__, "--one", str(n), graph, "--worker-steps", str(args.worker_steps),
                    "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode or line is None:
                 sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(line[len("RESULT "):])
             results["runs"].append(r)
             cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['sim_vs_floor']:9.3f} {r[c]['sim_vs_floor_mix']:10.3f} "
-                              f"{r[c]['worker_step_ms']:10.3f} {r[c]['ready_and_evaluated_s']:12.2f}"
-                              for c in ("cpu", "wall"))
+                              f"{r[c]['sim_local_vs_floor']:11.3f} {r[c]['worker_step_ms']:10.3f} "
+                              f"{r[c]['ready_and_evaluated_s']:12.2f}" for c in ("cpu", "wall"))
             fl = r["final_train_loss"]
             print(f"{graph:12s} {n:5d} | {cols} | {r['rss_per_worker_mb']:9.2f} | "
-                  f"{fl['sim']:.3f} / {fl['hand']:.3f} / {fl['floor']:.3f} / {fl['floor_mix']:.3f}", flush=True)
+                  + " / ".join(f"{fl[k]:.3f}" for k in ("sim", "sim_local", "hand", "floor", "floor_mix")), flush=True)
     by = {(r["graph"], r["workers"]): r for r in results["runs"]}
     for clock in ("cpu", "wall"):
         results[f"worker_step_1024_vs_64_{clock}"] = {

@@ -103,13 +103,14 @@ class _Route:
     detached wire tensor (the tensor's own memory: on the wire device and contiguous), the
     receive buffer per peer (the communicator's ``_lent``) and the message size. Reused
     while the caller passes the same tensor object (same memory, dtype, shape) and the
-    same peers tuple."""
+    same peers (the same tuple object is the cheapest check)."""
 
     __slots__ = ("peers", "tensor", "ptr", "dtype", "shape", "wire", "bufs", "got", "nbytes")
 
     @staticmethod
     def make(comm: "DistCommunicator", tensor: torch.Tensor, peers: Sequence[int]) -> "_Route | None":
-        if (comm._coalesce or not isinstance(peers, tuple) or not peers or tensor.device != comm.wire
+        peers = tuple(peers)
+        if (comm._coalesce or not peers or tensor.device != comm.wire
                 or not tensor.is_contiguous() or (comm.device is not None and comm.device != comm.wire)):
             return None
         for p in peers:
@@ -287,10 +288,10 @@ class DistCommunicator(Communicator):
         # gossip calls this every step with the same flat x_i and the same peers tuple: the
         # checks, the staging decision and the buffers are made once per (x_i, peers) (_Route)
         r = self._route
-        if (r is None or r.peers is not peers or r.tensor is not tensor or tensor.data_ptr() != r.ptr
-                or tensor.dtype is not r.dtype or tensor.shape != r.shape):
+        if (r is None or r.tensor is not tensor or (peers is not r.peers and tuple(peers) != r.peers)
+                or tensor.data_ptr() != r.ptr or tensor.dtype is not r.dtype or tensor.shape != r.shape):
             r = self._route = _Route.make(self, tensor, peers)
-            if r is None:       # staged (another device, not contiguous), or NCCL, or peers a list
+            if r is None:       # staged (another device, not contiguous), NCCL, or no peers
                 return self._exchange(tensor, peers, self._lent)
         b = r.nbytes
         self._count(b * len(r.peers), b * len(r.peers), messages=len(r.peers))
