@@ -23,7 +23,7 @@ torchft = pytest.importorskip("torchft")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 DRIVER = Path(__file__).with_name("ft_driver.py")
-STEPS = 700         # a multiple of the averaging periods below: every replica ends on an average
+STEPS = 400         # a multiple of the averaging periods below: every replica ends on an average
 KILLED = 2
 
 

@@ -117,15 +117,10 @@ class _Route:
             comm._check_peer(p)
         r = _Route()
         r.peers, r.tensor, r.ptr, r.dtype, r.shape = peers, tensor, tensor.data_ptr(), tensor.dtype, tensor.shape
-        r.wire = tensor.detach()
-        r.got = {}
-        for p in peers:     # the same per-peer buffers _exchange lends
-            buf = comm._lent.get(p)
-            if buf is None or buf.shape != r.wire.shape or buf.dtype != r.wire.dtype or buf.device != r.wire.device:
-                buf = comm._lent[p] = torch.empty_like(r.wire)
-            r.got[p] = buf
+        w = tensor.detach()
+        r.wire = [w]        # the argument lists ProcessGroup.send / recv take
+        r.got = {p: comm._borrow(p, w) for p in peers}
         r.bufs = [(p, [buf]) for p, buf in r.got.items()]
-        r.wire = [r.wire]
         r.nbytes = nbytes(tensor)
         return r
 
@@ -176,10 +171,14 @@ class DistCommunicator(Communicator):
             yield
         except RuntimeError as e:   # gloo/NCCL errors and timeouts are RuntimeErrors
             self._fail(what, e)
+        self._charge(self._seg)
+
+    def _charge(self, start: float) -> None:
+        """Charge the real time since ``start`` (the end of the last compute) as communication."""
         now = time.perf_counter()
         if self._counting:
-            self.counters.clock += now - self._seg
-            self.counters.comm_time += now - self._seg
+            self.counters.clock += now - start
+            self.counters.comm_time += now - start
         self._seg = now
 
     def _fail(self, what: str, e: RuntimeError) -> NoReturn:
@@ -282,7 +281,7 @@ class DistCommunicator(Communicator):
 
     # -- neighbour exchange -----------------------------------------------------------------
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
-        return self._exchange(tensor, peers, None)
+        return self._exchange(tensor, peers, borrow=False)
 
     def exchange_borrowed(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
         # gossip calls this every step with the same flat x_i and the same peers tuple: the
@@ -292,7 +291,7 @@ class DistCommunicator(Communicator):
                 or tensor.data_ptr() != r.ptr or tensor.dtype is not r.dtype or tensor.shape != r.shape):
             r = self._route = _Route.make(self, tensor, peers)
             if r is None:       # staged (another device, not contiguous), NCCL, or no peers
-                return self._exchange(tensor, peers, self._lent)
+                return self._exchange(tensor, peers, borrow=True)
         b = r.nbytes
         self._count(b * len(r.peers), b * len(r.peers), messages=len(r.peers))
         self._flush()
@@ -306,54 +305,43 @@ class DistCommunicator(Communicator):
                 work.wait(timeout)
         except RuntimeError as e:
             self._fail(f"exchange(peers={list(peers)})", e)
-        now = time.perf_counter()
-        if self._counting:
-            self.counters.clock += now - start
-            self.counters.comm_time += now - start
-        self._seg = now
+        self._charge(start)
         return dict(r.got)
 
-    def _exchange(self, tensor: torch.Tensor, peers: Sequence[int],
-                  pool: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+    def _borrow(self, p: int, w: torch.Tensor) -> torch.Tensor:
+        """Peer ``p``'s receive buffer for messages like ``w``: lent to the caller until its next
+        ``exchange_borrowed``, reused while its shape, dtype and device fit."""
+        buf = self._lent.get(p)
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+            buf = self._lent[p] = torch.empty_like(w)
+        return buf
+
+    def _exchange(self, tensor: torch.Tensor, peers: Sequence[int], borrow: bool) -> dict[int, torch.Tensor]:
         # Called every step by gossip: no more Python than the transfer needs (a bare
         # batch_isend_irecv of the same tensors is the yardstick, scripts/bench_dist.py).
-        n = self.world_size
         for p in peers:
-            if not 0 <= p < n or p == self.rank:
-                raise ValueError(f"worker {self.rank}: invalid peer {p}")
+            self._check_peer(p)
         k, b = len(peers), nbytes(tensor)
         self._count(b * k, b * k, messages=k)
         self._flush()
         start = self._seg
         try:
-            w, got = self._swap(tensor, peers, pool)
+            w, got = self._swap(tensor, peers, borrow)
         except RuntimeError as e:
             self._fail(f"exchange(peers={list(peers)})", e)
-        now = time.perf_counter()
-        if self._counting:
-            self.counters.clock += now - start
-            self.counters.comm_time += now - start
-        self._seg = now
+        self._charge(start)
         home = self.device or tensor.device    # delivered on this worker's device
         if got and w.device != home:
             got = {p: g.to(home) for p, g in got.items()}
         return got
 
     def _swap(self, tensor: torch.Tensor, peers: Sequence[int],
-              pool: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+              borrow: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Send ``tensor`` to every peer and receive theirs: (the wire tensor, {peer: tensor}).
-        Received into fresh tensors (callers may keep them), or into ``pool``'s buffer per
-        peer, reused while its shape, dtype and device fit."""
+        Received into fresh tensors (callers may keep them), or with ``borrow`` into each
+        peer's lent buffer (:meth:`_borrow`)."""
         w = self._wire(tensor)
-        if pool is None:
-            got = {p: torch.empty_like(w) for p in peers}
-        else:
-            got = {}
-            for p in peers:
-                buf = pool.get(p)
-                if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-                    buf = pool[p] = torch.empty_like(w)
-                got[p] = buf
+        got = {p: self._borrow(p, w) if borrow else torch.empty_like(w) for p in peers}
         if not got:
             return w, got
         # All sends and receives posted before any wait: no order of peers can deadlock.
