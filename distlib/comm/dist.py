@@ -150,7 +150,6 @@ class DistCommunicator(Communicator):
         #: exchange (a fresh 0.6 MB buffer per peer per call cost ~6% of a 2-process ring exchange)
         self._lent: dict[int, torch.Tensor] = {}
         self._route: _Route | None = None   # exchange_borrowed's last (x_i, peers), checked
-        self._pg = dist.group.WORLD
         #: the backend groups point-to-point operations (NCCL): exchange goes through
         #: batch_isend_irecv; gloo posts each isend/irecv itself
         self._coalesce = dist.get_backend() == "nccl"
@@ -298,8 +297,11 @@ class DistCommunicator(Communicator):
         start = self._seg
         try:
             # What dist.isend / irecv do after their argument checks, which _Route made once.
-            works = [self._pg.send(r.wire, p, RESERVED_TAG) for p in r.peers]
-            works += [self._pg.recv(buf, p, RESERVED_TAG) for p, buf in r.bufs]
+            # The group is looked up per call, not kept on the communicator: destroy_process_group
+            # must release it (a rank that held it on ended in std::terminate once a peer died)
+            pg = dist.group.WORLD
+            works = [pg.send(r.wire, p, RESERVED_TAG) for p in r.peers]
+            works += [pg.recv(buf, p, RESERVED_TAG) for p, buf in r.bufs]
             timeout = self.timeout
             for work in works:
                 work.wait(timeout)
