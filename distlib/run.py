@@ -14,7 +14,6 @@ import inspect
 import math
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -139,7 +138,7 @@ class Run:
         self.sweep = sweep
         self.stop = StopPoint(self.backend.local_ranks, self.backend.world_size)
         self._init_model: nn.Module | None = None     # with init=same: built once, copied to each worker
-        self._make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
+        self._make_optimizer = optimizer_factory(cfg.optim)    # resolved once, not per worker
         self._algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)     # read once, not per worker
         self.eval_ranks = _eval_sample(cfg)
         # a language model's throughput, measured on rank 0 (distlib/lm_metrics.py)
@@ -202,8 +201,6 @@ class Run:
         # A service rank (rank >= workers) never draws a batch; it gets a shard only to build a Worker.
         batches = on_device(self.dataset.train, device).batches(self.shards[rank % cfg.workers], cfg.batch_size,
                                                                 seed_for(cfg.seed, "data", rank))
-        if self._make_optimizer is None:   # resolved once per run, not per worker
-            self._make_optimizer = optimizer_factory(cfg.optim)
         worker = Worker(rank, model, self._make_optimizer, batches, self.task.loss,
                         precision=cfg.get("precision", 32), compile=bool(cfg.get("compile", False)),
                         accumulate=cfg.get("accumulate", 1), clip_grad_norm=cfg.optim.get("clip_grad_norm"),

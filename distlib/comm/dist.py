@@ -302,9 +302,7 @@ class DistCommunicator(Communicator):
             pg = dist.group.WORLD
             works = [pg.send(r.wire, p, RESERVED_TAG) for p in r.peers]
             works += [pg.recv(buf, p, RESERVED_TAG) for p, buf in r.bufs]
-            timeout = self.timeout
-            for work in works:
-                work.wait(timeout)
+            self._wait(works)
         except RuntimeError as e:
             self._fail(f"exchange(peers={list(peers)})", e)
         self._charge(start)
@@ -354,9 +352,7 @@ class DistCommunicator(Communicator):
         else:       # gloo: what batch_isend_irecv does there, without building and checking P2POps
             works = [dist.isend(w, p, tag=RESERVED_TAG) for p in peers]
             works += [dist.irecv(got[p], p, tag=RESERVED_TAG) for p in peers]
-        timeout = self.timeout
-        for work in works:
-            work.wait(timeout)
+        self._wait(works)
         return w, got
 
     def _group_all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
