@@ -66,6 +66,33 @@ def test_exchange_sends_a_snapshot():
     assert torch.equal(a, torch.ones(3)) and torch.equal(b, torch.zeros(3))
 
 
+def test_exchange_with_changing_peers():
+    """Exchanges keep a route per peers tuple: peer sets that change from call to call (a
+    time-varying graph), given as lists or tuples, and more distinct sets than the routes kept
+    (256), each deliver exactly the peers' tensors of that call and count their bytes."""
+    n, calls, size = 10, 600, 3
+    rng = np.random.default_rng(0)
+    # call k: a random symmetric graph (each pair linked with probability 1/2)
+    graphs = [{(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.5} for _ in range(calls)]
+    peers = [[sorted({j for e in g for j in e if i in e} - {i}) for i in range(n)] for g in graphs]
+    assert min(len({tuple(p[i]) for p in peers}) for i in range(n)) > 256     # every worker's routes are cleared
+    world = SimWorld(n)
+
+    def fn(r):
+        c, got = world.comms[r], []
+        for k in range(calls):
+            ps = peers[k][r] if k % 2 else tuple(peers[k][r])
+            got.append({j: t.clone() for j, t in c.exchange(torch.full((size,), 100.0 * k + r), ps).items()})
+        return got, c.counters.bytes_sent, c.counters.bytes_recv, c.counters.messages_sent
+
+    for r, (got, sent, recv, messages) in enumerate(world.run(fn)):
+        for k in range(calls):
+            assert sorted(got[k]) == peers[k][r]
+            assert all(torch.equal(t, torch.full((size,), 100.0 * k + j)) for j, t in got[k].items())
+        degree = sum(len(peers[k][r]) for k in range(calls))
+        assert sent == recv == 4 * size * degree and messages == degree
+
+
 def test_send_recv_in_order_and_irecv():
     world = SimWorld(3)
 

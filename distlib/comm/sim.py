@@ -45,6 +45,17 @@ class _Collective:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class _Route:
+    """One worker's exchange with one tuple of peers, checked once: the peers and the
+    channels to and from each (the hub keeps every channel for the whole run)."""
+
+    peers: tuple[int, ...]
+    out: tuple[deque[_Message], ...]        # to peers[k]
+    inbox: tuple[deque[_Message], ...]      # from peers[k]
+    what: str                               # for the deadlock message
+
+
 @dataclass
 class _Block:
     what: str                       # for error messages, e.g. "exchange(peers=[1, 3])"
@@ -228,6 +239,9 @@ class SimCommunicator(Communicator):
         self._seq = 0   # index of this worker's next collective
         self._group_seq: dict[tuple[int, ...], int] = {}    # ... over a group of live ranks (faults)
         self._seg = time.perf_counter()     # start of the current compute segment
+        #: exchange's routes by peers tuple: gossip passes the same tuple every step on a static
+        #: graph; a time-varying one cycles through a few (cleared if it ever holds more)
+        self._routes: dict[tuple[int, ...], _Route] = {}
 
     def _flush(self) -> None:
         """Charge the real time this worker ran since it was last resumed as compute."""
@@ -316,33 +330,39 @@ class SimCommunicator(Communicator):
         self._collective("barrier", torch.zeros(0), lambda c: None, lambda: 0.0)
 
     # -- messages --------------------------------------------------------------------------
-    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
-        # A snapshot, because the sender may change its tensor before the peer reads it.
-        self._post_all(tensor.detach().clone(), [dst], tag)
+    def _check_peers(self, peers: Sequence[int]) -> None:
+        for p in peers:
+            if not 0 <= p < self.world.n or p == self.rank:
+                raise ValueError(f"worker {self.rank}: invalid peer {p}")
 
-    def _post_all(self, data: torch.Tensor, dsts: Sequence[int], tag: Any) -> None:
-        """Post the snapshot ``data`` to every rank in ``dsts`` (they only read it): one clock
-        reading and one byte count for all (an exchange with many peers posts them in a row)."""
-        world, me = self.world, self.rank
-        for dst in dsts:
-            if not 0 <= dst < world.n or dst == me:
-                raise ValueError(f"worker {me}: invalid peer {dst}")
+    def _post(self, tensor: torch.Tensor, dst: int, tag: Any) -> None:
+        self._check_peers((dst,))
         self._flush()
-        b, clock, counting, network = nbytes(data), self.counters.clock, self._counting, world.network
-        for dst in dsts:
-            delay = network.transfer(b, me, dst) if counting else 0.0
-            world.channel(me, dst, tag).append(_Message(data, clock + delay))
+        # A snapshot, because the sender may change its tensor before the peer reads it.
+        self._post_all(tensor.detach().clone(), (dst,), (self.world.channel(self.rank, dst, tag),))
+
+    def _post_all(self, data: torch.Tensor, dsts: Sequence[int], chans: Sequence[deque[_Message]]) -> None:
+        """Post the snapshot ``data`` to every rank in ``dsts`` through its channel in ``chans``
+        (they only read it): one clock reading and one byte count for all."""
+        world, me, b, clock = self.world, self.rank, nbytes(data), self.counters.clock
+        counting, network = self._counting, world.network
+        for dst, chan in zip(dsts, chans):
+            chan.append(_Message(data, clock + (network.transfer(b, me, dst) if counting else 0.0)))
             world.wake(dst)
         self._count(b * len(dsts), 0, messages=len(dsts))
 
-    def _take(self, src: int, tag: Any) -> torch.Tensor:
-        msg = self.world.channel(src, self.rank, tag).popleft()
+    def _arrived(self, msg: _Message) -> torch.Tensor:
+        """A message taken off its channel: its bytes counted, the clock moved to its arrival."""
         if self._counting:
-            self.counters.bytes_recv += nbytes(msg.data)
-            if msg.arrival > self.counters.clock:
-                self.counters.comm_time += msg.arrival - self.counters.clock
-                self.counters.clock = msg.arrival
+            counters = self.counters
+            counters.bytes_recv += nbytes(msg.data)
+            if msg.arrival > counters.clock:
+                counters.comm_time += msg.arrival - counters.clock
+                counters.clock = msg.arrival
         return msg.data
+
+    def _take(self, src: int, tag: Any) -> torch.Tensor:
+        return self._arrived(self.world.channel(src, self.rank, tag).popleft())
 
     def _wait_for(self, what: str, srcs: Sequence[int], tag: Any) -> None:
         self._flush()
@@ -350,15 +370,34 @@ class SimCommunicator(Communicator):
         self.world.block(self.rank, what, lambda: all(chans),
                          lambda: [s for s, ch in zip(srcs, chans) if not ch])
 
+    def _route(self, peers: Sequence[int]) -> _Route:
+        key = peers if type(peers) is tuple else tuple(peers)
+        route = self._routes.get(key)
+        if route is None:
+            self._check_peers(key)
+            if len(self._routes) >= 256:
+                self._routes.clear()
+            world, me = self.world, self.rank
+            route = self._routes[key] = _Route(
+                key, tuple(world.channel(me, p, "exchange") for p in key),
+                tuple(world.channel(p, me, "exchange") for p in key), f"exchange(peers={list(key)})")
+        return route
+
     def exchange(self, tensor: torch.Tensor, peers: Sequence[int]) -> dict[int, torch.Tensor]:
-        peers = list(peers)
-        if peers:   # one snapshot for all peers: they only read it
-            self._post_all(tensor.detach().clone(), peers, "exchange")
-        self._wait_for(f"exchange(peers={peers})", peers, "exchange")
+        # The peers' channels come from the route: gossip exchanges with the same peers tuple
+        # step after step, and looking each channel up again cost ~4 us per peer per call.
+        route = self._route(peers)
+        self._flush()
+        if route.peers:     # one snapshot for all peers: they only read it
+            self._post_all(tensor.detach().clone(), route.peers, route.out)
+        inbox = route.inbox
+        if not all(inbox):
+            self.world.block(self.rank, route.what, lambda: all(inbox),
+                             lambda: [s for s, ch in zip(route.peers, inbox) if not ch])
         # Delivered on this worker's device (its peer may sit on another GPU); a receive into
         # a tensor lands wherever that tensor is.
         home = self.device or tensor.device
-        return {p: self._take(p, "exchange").to(home) for p in peers}
+        return {src: self._arrived(chan.popleft()).to(home) for src, chan in zip(route.peers, inbox)}
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._post(tensor, dst, ("p2p", tag))
