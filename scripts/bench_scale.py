@@ -42,13 +42,16 @@ Each child runs with glibc's malloc keeping freed memory (``KEEP_FREED_MEMORY``,
 all five; ``--glibc-default`` to leave malloc as it is): re-faulting freed blocks otherwise
 made the speed of a configuration depend on its process's allocation history.
 
-The five run in interleaved rounds in the same process; the figure kept is
-each one's best round (other programs on a busy machine can only slow a round down). torch
+The five run in interleaved rounds in the same process, and with ``--processes K`` in K
+fresh processes one after another; the figure kept is each one's best round over all of them
+(other programs on a busy machine can only slow a round down, and where a process's memory
+happens to lie moved one configuration's rounds by up to 20% from process to process). torch
 runs one thread by default (``--threads``): on a machine whose cores are shared, OpenMP teams
 wait for descheduled threads.
 
     python scripts/bench_scale.py [--workers 8 64 256 1024] [--graphs ring exponential]
-                                  [--worker-steps 2048] [--rounds 2] [--out bench_results/bench_scale.json]
+                                  [--worker-steps 2048] [--rounds 2] [--processes 1]
+                                  [--out bench_results/bench_scale.json]
 """
 from __future__ import annotations
 
@@ -307,8 +310,20 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
         runs["hand"].append(hand_round())
         runs["floor"].append(floor_round())
         runs["floor_mix"].append(floor_round(mix=True))
-    res: dict[str, Any] = {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds}
-    for clock in ("wall", "cpu"):   # each one's best round: other programs can only slow a round down
+    sims = runs["sim"]
+    peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
+    return {"workers": n, "graph": graph, "steps": steps, "warmup": warmup, "rounds": rounds,
+            "peak_rss_mb": peak, "rss_before_mb": sims[0]["rss_before_mb"],
+            "rss_per_worker_mb": (peak - sims[0]["rss_before_mb"]) / n, "all_rounds": runs, "load_avg": _load()}
+
+
+def summarize(procs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's figures from the rounds of all its processes: each contender's best
+    round (other programs can only slow a round down) and the ratios of those."""
+    runs = {k: [r for p in procs for r in p["all_rounds"][k]] for k in procs[0]["all_rounds"]}
+    res = {k: procs[0][k] for k in ("workers", "graph", "steps", "warmup", "rounds")}
+    res["processes"] = len(procs)
+    for clock in ("wall", "cpu"):
         best = {k: max(r["samples_per_s"][clock] for r in rs) for k, rs in runs.items()}
         sim = best["sim"]
         res[clock] = {"sim_samples_per_s": sim, "hand_samples_per_s": best["hand"], "sim_vs_hand": sim / best["hand"],
@@ -320,12 +335,11 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
                       "worker_step_ms": 1e3 * BATCH / sim,
                       **{k: min(r[k][clock] for r in runs["sim"])
                          for k in ("build_s", "first_eval_s", "ready_and_evaluated_s", "trainer_init_s")}}
-    sims = runs["sim"]
-    peak = sims[0]["peak_rss_mb"]       # the first round ran before any hand loop
-    res.update(peak_rss_mb=peak, rss_before_mb=sims[0]["rss_before_mb"],
-               rss_per_worker_mb=(peak - sims[0]["rss_before_mb"]) / n,
-               all_rounds=runs, load_avg=_load(),
-               final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in runs.items()})
+    first = procs[0]    # its first round ran before any hand loop in a fresh process
+    res.update(peak_rss_mb=first["peak_rss_mb"], rss_before_mb=first["rss_before_mb"],
+               rss_per_worker_mb=first["rss_per_worker_mb"], all_rounds=runs,
+               process_of_round=[i for i, p in enumerate(procs) for _ in p["all_rounds"]["sim"]],
+               load_avg=procs[-1]["load_avg"], final_train_loss={k: rs[-1]["final_train_loss"] for k, rs in runs.items()})
     return res
 
 
@@ -338,6 +352,7 @@ def main() -> None:
                     help="timed worker-steps per configuration: steps = max(2, this / n)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--processes", type=int, default=1, help="fresh processes per configuration, one after another")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default="bench_results/bench_scale.json")
     ap.add_argument("--glibc-default", action="store_true",
@@ -359,6 +374,7 @@ def main() -> None:
         env.update(KEEP_FREED_MEMORY)
     t_all = time.perf_counter()
     results: dict[str, Any] = {"batch_per_worker": BATCH, "model": "mlp 784-200-10", "threads": args.threads,
+                               "rounds_per_process": args.rounds, "processes": args.processes,
                                "eval_per_worker_sample": EVAL_SAMPLE, "cpus": os.cpu_count(),
                                "malloc_env": {k: env[k] for k in KEEP_FREED_MEMORY if k in env},
                                "load_avg_start": _load(), "runs": []}
@@ -372,11 +388,14 @@ def main() -> None:
         for n in args.workers:
             cmd = [sys.executable, __file__, "--one", str(n), graph, "--worker-steps", str(args.worker_steps),
                    "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(line[len("RESULT "):])
+            procs = []
+            for _ in range(args.processes):
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode or line is None:
+                    sys.exit(f"bench_scale: n={n} {graph} failed:\n{proc.stderr[-3000:]}")
+                procs.append(json.loads(line[len("RESULT "):]))
+            r = summarize(procs)
             results["runs"].append(r)
             cols = " | ".join(f"{r[c]['sim_vs_hand']:8.3f} {r[c]['sim_vs_floor']:9.3f} {r[c]['sim_vs_floor_mix']:10.3f} "
                               f"{r[c]['sim_local_vs_floor']:11.3f} {r[c]['worker_step_ms']:10.3f} "
