@@ -7,9 +7,12 @@ leave 3-4 per batch at 1024 workers), labelled by a fixed random linear teacher,
 each run reaches is beside its speed.
 
 - sim:  distlib's Trainer on the simulated backend (greenlets, hooks, byte counters, clocks);
-- sim local: the same Trainer running local SGD whose period outlasts the run: every worker
-        steps, nothing is communicated. sim local / floor is what the simulator's runtime
-        costs beside n bare models doing the same work;
+- sim local: the same Trainer running local SGD whose period outlasts the run, with an
+        uncounted barrier after every step: nothing is communicated, and the workers take
+        their steps in turn as the floor's models do (without the barrier, nothing makes the
+        simulator switch workers, each worker would take all its steps in a row with its
+        model in cache, and beat the floor for that reason alone). sim local / floor is what
+        the simulator's runtime costs beside n bare models doing the same work;
 - floor: n distinct models stepped round-robin: forward, backward, SGD step on a batch drawn
         once; no communication, no data pipeline, no logging. What n separate models cost on
         this CPU, the floor under any simulator of n workers (one model at batch n b is not it:
@@ -137,22 +140,24 @@ def run_one(n: int, graph: str, steps: int, warmup: int, rounds: int) -> dict[st
 
     total = warmup + steps
 
-    def timed(base: type) -> type:
+    def timed(base: type, in_turn: bool = False) -> type:
         """``base`` exactly, plus a barrier (not counted: no bytes, no virtual time) after the
-        warm-up and after the last step, where the clock is read. Without them the window
-        would be ill-defined: on a ring, worker 0 may run steps ahead of worker n/2."""
+        warm-up and after the last step, where the clock is read (without them the window
+        would be ill-defined: on a ring, worker 0 may run steps ahead of worker n/2), and with
+        ``in_turn`` after every step."""
         class Timed(base):
             def after_step(self, ctx: Context) -> None:
                 super().after_step(ctx)
                 if ctx.step == total - 1:
                     last_losses.append(ctx.loss)
-                if ctx.step in (warmup - 1, total - 1):
+                if in_turn or ctx.step in (warmup - 1, total - 1):
                     with ctx.comm.uncounted():
                         ctx.comm.barrier()
+                if ctx.step in (warmup - 1, total - 1):
                     marks.setdefault(f"sync{ctx.step}", _now())     # the first to pass
         return Timed
     STRATEGIES.register("bench_scale_dpsgd")(timed(DPSGD))
-    STRATEGIES.register("bench_scale_local")(timed(LocalSGD))
+    STRATEGIES.register("bench_scale_local")(timed(LocalSGD, in_turn=True))
 
     register_configs()
 
