@@ -96,8 +96,10 @@ def cifar_shaped(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
 STEP_ENDS: list[float] = []
 #: the DDP loops paired with the current run, stepped after each of its steps (see _paired)
 PAIRED: list["DDPLoop"] = []
-#: per paired run: rank 0's seconds of each of its steps, and of each DDP loop's steps
+#: per paired run: this rank's seconds of each of distlib's steps, and of each DDP loop's steps
 PAIRED_TIMES: dict[str, list[float]] = {}
+#: when distlib's current step began: the end of the DDP steps after its previous one
+RESUMED: list[float] = []
 #: what the last run reached (rank 0): its final train loss, and test loss/accuracy where it has them
 LAST_FINAL: dict[str, float | None] = {}
 
@@ -133,13 +135,13 @@ def _paired(cls: type) -> type:
         def after_step(self, ctx: Context) -> None:
             super().after_step(ctx)
             now = time.perf_counter()
-            if "_resumed" in PAIRED_TIMES:      # not before the first step: its start is unknown
-                PAIRED_TIMES.setdefault("distlib", []).append(now - PAIRED_TIMES["_resumed"][0])
+            if RESUMED:     # not the first step: its start is unknown
+                PAIRED_TIMES.setdefault("distlib", []).append(now - RESUMED[0])
             for loop in (PAIRED if ctx.step % 2 == 0 else PAIRED[::-1]):
                 t0 = time.perf_counter()
                 loop.step()
                 PAIRED_TIMES.setdefault(loop.name, []).append(time.perf_counter() - t0)
-            PAIRED_TIMES["_resumed"] = [time.perf_counter()]
+            RESUMED[:] = [time.perf_counter()]
     Paired.__name__ = f"Paired{cls.__name__}"
     return Paired
 
@@ -201,18 +203,19 @@ class DDPLoop:
         self.opt.step()
 
 
-def paired(n: int, steps: int, warmup: int, run_dir: Path, extra: tuple[str, ...] = ()) -> dict[str, float]:
+def paired(n: int, steps: int, warmup: int, run_dir: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
     """Seconds per iteration of AllReduce-SGD and of two DDP loops, stepped in turn in one run
     (``_paired``): {"distlib", "ddp", "ddp_again"} (statistics after ``warmup``), and what each reached."""
     trainer = Trainer(_cfg("allreduce_sgd", n, steps, "torch", extra, name="bench_paired_allreduce_sgd"), run_dir)
     PAIRED[:] = [DDPLoop("ddp", trainer), DDPLoop("ddp_again", trainer)]
     PAIRED_TIMES.clear()
+    RESUMED.clear()
     try:
         _summary_final(trainer.run())
     finally:
         loops, PAIRED[:] = list(PAIRED), []
     finals = {"distlib": dict(LAST_FINAL), **{loop.name: {"train_loss": loop.loss} for loop in loops}}
-    times = {k: _stats(v[warmup:]) for k, v in PAIRED_TIMES.items() if k != "_resumed"}
+    times = {k: _stats(v[warmup:]) for k, v in PAIRED_TIMES.items()}
     return {"seconds": times, "final": finals}
 
 
