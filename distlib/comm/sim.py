@@ -366,9 +366,13 @@ class SimCommunicator(Communicator):
 
     def _wait_for(self, what: str, srcs: Sequence[int], tag: Any) -> None:
         self._flush()
-        chans = [self.world.channel(s, self.rank, tag) for s in srcs]
-        self.world.block(self.rank, what, lambda: all(chans),
-                         lambda: [s for s, ch in zip(srcs, chans) if not ch])
+        self._wait_on(what, srcs, [self.world.channel(s, self.rank, tag) for s in srcs])
+
+    def _wait_on(self, what: str, srcs: Sequence[int], chans: Sequence[deque[_Message]]) -> None:
+        """Block until every channel in ``chans`` (from ``srcs``) holds a message."""
+        if not all(chans):
+            self.world.block(self.rank, what, lambda: all(chans),
+                             lambda: [s for s, ch in zip(srcs, chans) if not ch])
 
     def _route(self, peers: Sequence[int]) -> _Route:
         key = peers if type(peers) is tuple else tuple(peers)
@@ -390,14 +394,11 @@ class SimCommunicator(Communicator):
         self._flush()
         if route.peers:     # one snapshot for all peers: they only read it
             self._post_all(tensor.detach().clone(), route.peers, route.out)
-        inbox = route.inbox
-        if not all(inbox):
-            self.world.block(self.rank, route.what, lambda: all(inbox),
-                             lambda: [s for s, ch in zip(route.peers, inbox) if not ch])
+        self._wait_on(route.what, route.peers, route.inbox)
         # Delivered on this worker's device (its peer may sit on another GPU); a receive into
         # a tensor lands wherever that tensor is.
         home = self.device or tensor.device
-        return {src: self._arrived(chan.popleft()).to(home) for src, chan in zip(route.peers, inbox)}
+        return {src: self._arrived(chan.popleft()).to(home) for src, chan in zip(route.peers, route.inbox)}
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._post(tensor, dst, ("p2p", tag))
