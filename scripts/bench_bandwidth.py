@@ -3,7 +3,7 @@ gossip against a floor that does no communication (README, "Scale: a thousand si
 workers").
 
 64 workers' flat parameters x_i (MLP 784-200-10: 159,010 floats, 0.64 MB each), their
-snapshots, and two more tensors per worker standing for gradients and momentum (123 MB in
+snapshots, and two more tensors per worker standing for gradients and momentum (155 MiB in
 all, beyond this machine's 32 MB L3, touched before every pass). Per worker, best of 5 passes:
 
 - clone: a snapshot of x_i (read 1, write 1 array);
